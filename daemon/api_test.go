@@ -1,0 +1,151 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// serve runs the control API on a real Unix socket and returns a client.
+func (e *env) serve() (*Client, string) {
+	e.t.Helper()
+	sock := filepath.Join(e.t.TempDir(), "ctl", "control.sock")
+	l, err := ListenControl(sock)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.d.Serve(ctx, l) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("Serve: %v", err)
+		}
+	})
+	return NewClient(sock), sock
+}
+
+func TestAPIEndToEnd(t *testing.T) {
+	e := newEnv(t)
+	c, sock := e.serve()
+	ctx := context.Background()
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode: %v %v", fi, err)
+	}
+	if _, err := ListenControl(sock); err == nil || !strings.Contains(err.Error(), "another daemon") {
+		t.Fatalf("second listener: %v", err)
+	}
+	h, err := c.Health(ctx)
+	if err != nil || h.Status != "ok" {
+		t.Fatalf("healthz: %+v %v", h, err)
+	}
+	dv, err := c.Create(ctx, CreateRequest{Name: "pm0", Backing: e.backDir + "/pm0.img", Size: 16 << 20, LabelSize: 128 << 10})
+	if err != nil || dv.Name != "pm0" {
+		t.Fatalf("create: %+v %v", dv, err)
+	}
+	list, err := c.List(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	dv, err = c.Attach(ctx, "pm0", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM})
+	if err != nil || dv.Attached == nil {
+		t.Fatalf("attach: %+v %v", dv, err)
+	}
+	_, err = c.Detach(ctx, "pm0")
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != "qemu_refused" || re.QEMUClass != "GenericError" || re.Status != http.StatusConflict {
+		t.Fatalf("detach: %#v", err)
+	}
+	if _, err := c.Get(ctx, "nope"); !errors.As(err, &re) || re.Code != "not_found" || re.Status != 404 {
+		t.Fatalf("get unknown: %v", err)
+	}
+	if _, err := c.Create(ctx, CreateRequest{Name: "x", Backing: "/etc/shadow", Size: 1 << 20}); !errors.As(err, &re) || re.Code != "confinement" {
+		t.Fatalf("create outside: %v", err)
+	}
+	m, err := c.Metrics(ctx)
+	if err != nil || !strings.Contains(m, "nvdimm_backend_devices_attached 1") || !strings.Contains(m, `nvdimm_backend_attach_total{kind="nvdimm",result="ok"} 1`) {
+		t.Fatalf("metrics: %v\n%s", err, m)
+	}
+}
+
+func TestAPIMalformedRequests(t *testing.T) {
+	e := newEnv(t)
+	h := e.d.Handler()
+	self := &unix.Ucred{Uid: uint32(os.Getuid()), Pid: 1}
+	cases := []struct {
+		method, path, body string
+		status             int
+		want               string
+	}{
+		{"POST", "/v1/devices", "{", 400, "request body"},
+		{"POST", "/v1/devices", `{"name":"a","bogus":1}`, 400, "unknown field"},
+		{"POST", "/v1/devices", `{"name":"a"} {"x":1}`, 400, "trailing data"},
+		{"POST", "/v1/devices", `{"name":"a","size":-1}`, 400, "request body"},
+		{"POST", "/v1/devices", `[]`, 400, "request body"},
+		{"POST", "/v1/devices/nope/attach", `{"qmp":"/x","as":"nvdimm"}`, 404, "no such device"},
+		{"DELETE", "/v1/devices/nope?purge=maybe", ``, 400, "purge"},
+		{"GET", "/v2/whatever", ``, 404, "no route"},
+		{"PUT", "/v1/devices", ``, 404, "no route PUT"},
+	}
+	for _, tc := range cases {
+		r := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
+		r = r.WithContext(context.WithValue(r.Context(), peerKey{}, self))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tc.status || !strings.Contains(w.Body.String(), tc.want) {
+			t.Errorf("%s %s %q: %d %s; want %d %q", tc.method, tc.path, tc.body, w.Code, w.Body, tc.status, tc.want)
+		}
+	}
+	big := `{"name":"` + strings.Repeat("a", maxBody) + `"}`
+	r := httptest.NewRequest("POST", "/v1/devices", strings.NewReader(big))
+	r = r.WithContext(context.WithValue(r.Context(), peerKey{}, self))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != 400 {
+		t.Errorf("oversized body: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestAPIPeerCheck(t *testing.T) {
+	e := newEnv(t)
+	h := e.d.Handler()
+	for _, tc := range []struct {
+		cred   *unix.Ucred
+		status int
+	}{
+		{nil, 403},
+		{&unix.Ucred{Uid: 424242, Pid: 7}, 403},
+		{&unix.Ucred{Uid: 0}, 200},
+		{&unix.Ucred{Uid: uint32(os.Getuid())}, 200},
+	} {
+		r := httptest.NewRequest("GET", "/healthz", nil)
+		if tc.cred != nil {
+			r = r.WithContext(context.WithValue(r.Context(), peerKey{}, tc.cred))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tc.status {
+			t.Errorf("cred %+v: status %d %s, want %d", tc.cred, w.Code, w.Body, tc.status)
+		}
+		if tc.status == 403 && !strings.Contains(w.Body.String(), "forbidden") {
+			t.Errorf("refusal body %s", w.Body)
+		}
+	}
+}
+
+func TestClientNoDaemon(t *testing.T) {
+	c := NewClient(filepath.Join(t.TempDir(), "none.sock"))
+	_, err := c.List(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "is the daemon running") {
+		t.Fatalf("err = %v", err)
+	}
+}

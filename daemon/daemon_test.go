@@ -1,0 +1,340 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const mib = 1 << 20
+
+func (e *env) create(name string) Device {
+	e.t.Helper()
+	dv, err := e.d.Create(context.Background(), CreateRequest{
+		Name: name, Backing: filepath.Join(e.backDir, name+".img"), Size: 64 * mib, LabelSize: 128 << 10,
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return dv
+}
+
+func TestCreateListAndRestart(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("pm0")
+	if !dv.Created || dv.BackingSize != 64*mib+128<<10 || dv.Size != 64*mib {
+		t.Fatalf("created device = %+v", dv)
+	}
+	fi, err := os.Stat(dv.Backing)
+	if err != nil || fi.Size() != int64(dv.BackingSize) {
+		t.Fatalf("backing: %v %v", fi, err)
+	}
+	if _, err := e.d.Create(context.Background(), CreateRequest{Name: "pm0", Backing: filepath.Join(e.backDir, "x.img"), Size: mib}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate name: %v", err)
+	}
+	if _, err := e.d.Create(context.Background(), CreateRequest{Name: "pm1", Backing: dv.Backing}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("duplicate backing: %v", err)
+	}
+	st, err := os.Stat(e.d.StatePath())
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v", st, err)
+	}
+	// A second daemon on the same state directory finds the same registry.
+	_ = e.d.Close(context.Background())
+	d2 := e.open()
+	got := d2.List()
+	if len(got) != 1 || got[0].Name != "pm0" || got[0].Backing != dv.Backing || got[0].BackingSize != dv.BackingSize {
+		t.Fatalf("after restart: %+v", got)
+	}
+}
+
+func TestCreateRefusesBadRequests(t *testing.T) {
+	e := newEnv(t)
+	cases := []struct {
+		req  CreateRequest
+		want string
+	}{
+		{CreateRequest{Name: "", Backing: e.backDir + "/a", Size: mib}, "1 to 64"},
+		{CreateRequest{Name: "../x", Backing: e.backDir + "/a", Size: mib}, "not allowed"},
+		{CreateRequest{Name: "a", Backing: "/etc/passwd", Size: mib}, "must resolve to a path under a backing directory"},
+		{CreateRequest{Name: "a", Backing: e.backDir + "/../escape", Size: mib}, "must resolve"},
+		{CreateRequest{Name: "a", Backing: "rel/path", Size: mib}, "must be absolute"},
+		{CreateRequest{Name: "a", Backing: e.backDir + "/a", Size: mib, LabelSize: 4096}, "at least 128 KiB"},
+		{CreateRequest{Name: "a", Backing: e.backDir + "/a", Size: mib, Mode: "bogus"}, "want fsdax"},
+		{CreateRequest{Name: "a", Backing: e.backDir + "/a", Size: mib, Namespace: "ns", Mode: "fsdax"}, "needs a label area"},
+	}
+	for _, c := range cases {
+		_, err := e.d.Create(context.Background(), c.req)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: err = %v, want %q", c.req, err, c.want)
+		}
+	}
+	if n := len(e.d.List()); n != 0 {
+		t.Fatalf("registry has %d devices after refusals", n)
+	}
+}
+
+func TestAttachNVDIMMAndRelease(t *testing.T) {
+	e := newEnv(t)
+	e.create("pm0")
+	dv, err := e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dv.Attached == nil || dv.Attached.DeviceID != "nvb-dev-pm0" || dv.Attached.Addr != 4<<30 || dv.Kind != KindNVDIMM {
+		t.Fatalf("attached = %+v", dv.Attached)
+	}
+	if got, want := e.vm.callList(), []string{"object-add", "device_add", "query-memory-devices"}; !slices.Equal(got, want) {
+		t.Fatalf("QMP calls %v, want %v", got, want)
+	}
+	obj, dev := e.vm.args[0], e.vm.args[1]
+	if obj["qom-type"] != "memory-backend-file" || obj["share"] != true || obj["size"] != float64(dv.BackingSize) || obj["mem-path"] != dv.Backing || obj["align"] != float64(2<<20) {
+		t.Errorf("object-add args %v", obj)
+	}
+	if dev["driver"] != "nvdimm" || dev["label-size"] != float64(128<<10) || dev["memdev"] != "nvb-mem-pm0" || dev["unarmed"] != nil {
+		t.Errorf("device_add args %v", dev)
+	}
+	// The backing is locked while attached.
+	if _, err := (fileBackings{}).Lock(dv.Backing, false); !errors.Is(err, ErrBackingLocked) {
+		t.Fatalf("backing not locked while attached: %v", err)
+	}
+	// Attached devices cannot be deleted or attached again.
+	if err := e.d.Delete(context.Background(), "pm0", false); !errors.Is(err, ErrConflict) {
+		t.Fatalf("delete attached: %v", err)
+	}
+	if _, err := e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("second attach: %v", err)
+	}
+	// Detach is refused with QEMU's reason and changes nothing.
+	err = e.d.Detach(context.Background(), "pm0")
+	var qe *QEMUError
+	if !errors.As(err, &qe) || !strings.Contains(qe.Desc, "hot unplug is not supported") || qe.Command != "device_del" {
+		t.Fatalf("detach: %v", err)
+	}
+	if g, _ := e.d.Get("pm0"); g.Attached == nil {
+		t.Fatal("detach refusal cleared the attachment")
+	}
+	// The VM exits: the device is released and its lock dropped.
+	e.vm.exit()
+	waitFor(t, func() bool { g, _ := e.d.Get("pm0"); return g.Attached == nil })
+	l, err := (fileBackings{}).Lock(dv.Backing, false)
+	if err != nil {
+		t.Fatalf("backing still locked after release: %v", err)
+	}
+	l.Close()
+	d2 := e.open() // persisted
+	if g, _ := d2.Get("pm0"); g.Attached != nil || g.Kind != KindNVDIMM {
+		t.Fatalf("after release and reopen: %+v", g)
+	}
+}
+
+func TestAttachReadOnlyIsUnarmed(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.d.Create(context.Background(), CreateRequest{Name: "ro", Backing: e.backDir + "/ro.img", Size: 32 * mib, ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.Attach(context.Background(), "ro", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	if e.vm.args[0]["readonly"] != true || e.vm.args[1]["unarmed"] != true || e.vm.args[1]["label-size"] != nil {
+		t.Fatalf("args %v / %v", e.vm.args[0], e.vm.args[1])
+	}
+}
+
+func TestAttachRollsBackOnRefusal(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("pm0")
+	e.vm.refuse["device_add"] = &QEMUError{Class: "GenericError", Desc: "nvdimm is not enabled: add 'nvdimm=on' to '-M'"}
+	_, err := e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM})
+	var qe *QEMUError
+	if !errors.As(err, &qe) || !strings.Contains(err.Error(), "nvdimm=on") || qe.Command != "device_add" {
+		t.Fatalf("attach: %v", err)
+	}
+	if got, want := e.vm.callList(), []string{"object-add", "device_add", "object-del"}; !slices.Equal(got, want) {
+		t.Fatalf("calls %v, want %v", got, want)
+	}
+	if len(e.vm.objects) != 0 {
+		t.Fatalf("objects left in QEMU: %v", e.vm.objects)
+	}
+	assertUnlocked(t, dv.Backing)
+	if g, _ := e.d.Get("pm0"); g.Attached != nil {
+		t.Fatal("attachment recorded after failure")
+	}
+}
+
+func TestAttachRollsBackWhenNotConfirmed(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("pm0")
+	e.vm.hideDevs = true
+	_, err := e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindVirtioPMEM, Bus: "rp1"})
+	if err == nil || !strings.Contains(err.Error(), "not in query-memory-devices") {
+		t.Fatalf("attach: %v", err)
+	}
+	calls := e.vm.callList()
+	if !slices.Equal(calls, []string{"object-add", "device_add", "query-memory-devices", "device_del", "object-del"}) {
+		t.Fatalf("calls %v", calls)
+	}
+	if e.vm.args[1]["driver"] != "virtio-pmem-pci" || e.vm.args[1]["bus"] != "rp1" {
+		t.Fatalf("device_add args %v", e.vm.args[1])
+	}
+	assertUnlocked(t, dv.Backing)
+}
+
+func TestAttachLockedBacking(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("pm0")
+	l, err := (fileBackings{}).Lock(dv.Backing, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM})
+	if !errors.Is(err, ErrBackingLocked) {
+		t.Fatalf("attach: %v", err)
+	}
+	if n := len(e.vm.callList()); n != 0 {
+		t.Fatalf("%d QMP commands sent for a locked backing", n)
+	}
+}
+
+func TestAttachBadQMPAndKinds(t *testing.T) {
+	e := newEnv(t)
+	e.create("pm0")
+	plain := filepath.Join(t.TempDir(), "notasocket")
+	os.WriteFile(plain, nil, 0o600)
+	cases := []struct {
+		req  AttachRequest
+		want string
+	}{
+		{AttachRequest{QMP: "/nonexistent/vm.qmp", As: KindNVDIMM}, "no such file"},
+		{AttachRequest{QMP: plain, As: KindNVDIMM}, "not a Unix socket"},
+		{AttachRequest{QMP: "vm.qmp", As: KindNVDIMM}, "absolute"},
+		{AttachRequest{QMP: e.qmpPath, As: "dimm"}, "want nvdimm"},
+		{AttachRequest{QMP: e.qmpPath, As: KindVirtioPMEM, Bus: "a,b=c"}, "not a QEMU id"},
+	}
+	for _, c := range cases {
+		if _, err := e.d.Attach(context.Background(), "pm0", c.req); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.req, err, c.want)
+		}
+	}
+	if _, err := e.d.Attach(context.Background(), "nope", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown device: %v", err)
+	}
+}
+
+func TestAttachVhostUser(t *testing.T) {
+	e := newEnv(t)
+	e.create("vu0")
+	dv, err := e.d.Attach(context.Background(), "vu0", AttachRequest{QMP: e.qmpPath, As: KindVhostUser})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.vm.callList(); !slices.Equal(got, []string{"chardev-add", "device_add", "qom-get"}) {
+		t.Fatalf("calls %v", got)
+	}
+	chr := e.vm.args[0]
+	be := chr["backend"].(map[string]any)
+	data := be["data"].(map[string]any)
+	addr := data["addr"].(map[string]any)["data"].(map[string]any)
+	if be["type"] != "socket" || data["server"] != false || addr["path"] != e.d.VhostSocketPath("vu0") {
+		t.Fatalf("chardev-add %v", chr)
+	}
+	dev := e.vm.args[1]
+	if dev["driver"] != "vhost-user-test-device-pci" || dev["virtio-id"] != float64(27) || dev["num_vqs"] != float64(1) || dev["config_size"] != float64(16) || dev["chardev"] != "nvb-chr-vu0" {
+		t.Fatalf("device_add %v", dev)
+	}
+	if dv.VhostUserSocket == "" || len(e.servers) != 1 {
+		t.Fatalf("server not started: %+v", dv)
+	}
+	e.vm.exit()
+	waitFor(t, e.servers[0].isClosed)
+}
+
+func TestAttachVhostUserRollback(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("vu0")
+	e.vm.refuse["device_add"] = &QEMUError{Class: "GenericError", Desc: "'vhost-user-test-device-pci' is not a valid device model name"}
+	_, err := e.d.Attach(context.Background(), "vu0", AttachRequest{QMP: e.qmpPath, As: KindVhostUser})
+	if err == nil || !strings.Contains(err.Error(), "not a valid device model name") {
+		t.Fatalf("attach: %v", err)
+	}
+	if got := e.vm.callList(); !slices.Equal(got, []string{"chardev-add", "device_add", "chardev-remove"}) {
+		t.Fatalf("calls %v", got)
+	}
+	if len(e.vm.chardevs) != 0 || !e.servers[0].isClosed() {
+		t.Fatalf("residue: chardevs %v, server closed %v", e.vm.chardevs, e.servers[0].isClosed())
+	}
+	assertUnlocked(t, dv.Backing)
+}
+
+func TestRecoverAfterRestart(t *testing.T) {
+	e := newEnv(t)
+	e.create("pm0")
+	e.create("pm1")
+	if _, err := e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.Attach(context.Background(), "pm1", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	_ = e.d.Close(context.Background())
+	// While the daemon was down, pm1 vanished from the VM.
+	delete(e.vm.devices, "nvb-dev-pm1")
+	d2 := e.open()
+	d2.Recover(context.Background())
+	g0, _ := d2.Get("pm0")
+	g1, _ := d2.Get("pm1")
+	if g0.Attached == nil || g1.Attached != nil {
+		t.Fatalf("recovered pm0=%+v pm1=%+v", g0.Attached, g1.Attached)
+	}
+	if _, err := (fileBackings{}).Lock(g0.Backing, false); !errors.Is(err, ErrBackingLocked) {
+		t.Fatalf("pm0 backing not re-locked: %v", err)
+	}
+	// A VM that is gone at recovery releases its devices.
+	e.qmpPath = "/nonexistent.qmp"
+	_ = d2.Close(context.Background())
+	d3 := e.open()
+	d3.Recover(context.Background())
+	if g, _ := d3.Get("pm0"); g.Attached != nil {
+		t.Fatalf("pm0 still attached to a gone VM: %+v", g.Attached)
+	}
+}
+
+func TestDeletePurge(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("pm0")
+	if err := e.d.Delete(context.Background(), "pm0", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dv.Backing); !os.IsNotExist(err) {
+		t.Fatalf("backing not purged: %v", err)
+	}
+	// Adopted backings are kept even with purge.
+	p := filepath.Join(e.backDir, "adopt.img")
+	os.WriteFile(p, make([]byte, 4*mib), 0o600)
+	if _, err := e.d.Create(context.Background(), CreateRequest{Name: "ad", Backing: p}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Delete(context.Background(), "ad", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("adopted backing removed: %v", err)
+	}
+	if err := e.d.Delete(context.Background(), "ad", false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+}
+
+func assertUnlocked(t *testing.T, path string) {
+	t.Helper()
+	l, err := (fileBackings{}).Lock(path, false)
+	if err != nil {
+		t.Fatalf("backing %s still locked: %v", path, err)
+	}
+	l.Close()
+}
