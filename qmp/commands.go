@@ -434,7 +434,10 @@ func (c *Client) QueryPCI(ctx context.Context) ([]PCIBus, error) {
 }
 
 // FindPCIDevice returns the function with qdev id, searching behind
-// bridges too.
+// bridges too. QEMU lists what is behind a bridge only once firmware or
+// the guest has given the bridge its bus numbers: in a VM started with
+// -S that has not run yet, hot-added devices behind root ports are
+// missing.
 func FindPCIDevice(buses []PCIBus, id string) (PCIDevice, bool) {
 	var walk func([]PCIDevice) (PCIDevice, bool)
 	walk = func(ds []PCIDevice) (PCIDevice, bool) {
