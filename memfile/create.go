@@ -1,0 +1,307 @@
+package memfile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nvdimm-backend/nvdimm-backend/internal/atomicfile"
+)
+
+// CreateOptions describes a new backing.
+type CreateOptions struct {
+	// Size is what the guest sees (QEMU's P); it must be a multiple of Align.
+	Size uint64
+	// LabelSize is the label area at the end of the backing: 0 or at least
+	// 128 KiB.
+	LabelSize uint64
+	// Align is the backend alignment; 0 means DefaultAlign (2 MiB).
+	Align uint64
+	// Prealloc allocates every block now (fallocate, or zero-filling where
+	// the filesystem has no fallocate) instead of leaving the file sparse.
+	Prealloc bool
+	// Progress, if set, is called while preallocating.
+	Progress func(done, total uint64)
+	// ReadOnly is recorded in the metadata: the backing may then only be
+	// attached read-only.
+	ReadOnly bool
+	// Perm is the file permission; 0 means 0600.
+	Perm os.FileMode
+	// Context cancels a long preallocation; nil means never.
+	Context context.Context
+	// Probe finds the kind of the created file; the zero value probes the host.
+	Probe Probe
+}
+
+// CreateReport says how a backing was made.
+type CreateReport struct {
+	// ZeroFilled is true when the filesystem had no fallocate and the
+	// blocks were written with zeros.
+	ZeroFilled bool
+	// FreeBytes is the free space the filesystem reported before creation.
+	FreeBytes uint64
+	// Warnings are notes for the operator (overcommitted sparse file, ...).
+	Warnings []string
+}
+
+// sparseReserve is the free space a sparse create needs besides the
+// label area: the metadata record and a little slack.
+const sparseReserve = 64 * KiB
+
+// statfsFree reports the free bytes available to unprivileged users in dir.
+var statfsFree = func(dir string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// Create makes a new backing at path, never overwriting anything, and
+// writes its metadata record. On any error nothing is left behind.
+func Create(path string, o CreateOptions) (*Backing, error) {
+	b, _, err := CreateWithReport(path, o)
+	return b, err
+}
+
+// CreateWithReport is Create that also says how the backing was made.
+func CreateWithReport(path string, o CreateOptions) (b *Backing, rep CreateReport, err error) {
+	align := o.Align
+	if align == 0 {
+		align = DefaultAlign
+	}
+	layout, err := ComputeLayout(o.Size, o.LabelSize, align)
+	if err != nil {
+		return nil, rep, fmt.Errorf("create %s: %w", path, err)
+	}
+	if path == "" {
+		return nil, rep, errors.New("create: empty path")
+	}
+	dir := filepath.Dir(path)
+	di, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, rep, fmt.Errorf("create %s: directory %s does not exist; create it first", path, dir)
+	case err != nil:
+		return nil, rep, fmt.Errorf("create %s: %w", path, err)
+	case !di.IsDir():
+		return nil, rep, fmt.Errorf("create %s: %s is not a directory", path, dir)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		what := "a file"
+		switch {
+		case fi.IsDir():
+			what = "a directory"
+		case fi.Mode()&os.ModeDevice != 0:
+			what = "a device (devdax and pmem devices are used as they are: run inspect or qemu-args on them)"
+		}
+		return nil, rep, fmt.Errorf("create %s: already exists as %s; refusing to overwrite it", path, what)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, rep, fmt.Errorf("create %s: %w", path, err)
+	}
+	mp := MetaPath(path)
+	if _, err := os.Lstat(mp); err == nil {
+		return nil, rep, fmt.Errorf("create %s: a metadata record %s already exists without its backing; remove it first", path, mp)
+	}
+	free, err := statfsFree(dir)
+	if err != nil {
+		return nil, rep, fmt.Errorf("create %s: free space of %s: %w", path, dir, err)
+	}
+	rep.FreeBytes = free
+	need := layout.LabelSize + sparseReserve
+	if o.Prealloc {
+		need = layout.BackingSize + sparseReserve
+	}
+	if free < need {
+		how := "a sparse backing needs room for its label area and metadata"
+		if o.Prealloc {
+			how = "--prealloc allocates the whole backing"
+		}
+		return nil, rep, fmt.Errorf("create %s: not enough free space in %s: %s free, %s needed (%s); free some space or choose another directory",
+			path, dir, FormatSize(free), FormatSize(need), how)
+	}
+	if !o.Prealloc && free < layout.BackingSize {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("sparse backing of %s on a filesystem with %s free: guest writes beyond that fail and the guest sees a memory error",
+			FormatSize(layout.BackingSize), FormatSize(free)))
+	}
+	perm := o.Perm
+	if perm == 0 {
+		perm = 0o600
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, perm)
+	if err != nil {
+		return nil, rep, fmt.Errorf("create %s: %w", path, err)
+	}
+	metaWritten := false
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(path)
+			if metaWritten {
+				os.Remove(mp)
+			}
+			_ = atomicfile.SyncDir(dir)
+		}
+	}()
+	if err = f.Truncate(int64(layout.BackingSize)); err != nil {
+		return nil, rep, fmt.Errorf("create %s: set size %d: %w", path, layout.BackingSize, err)
+	}
+	if o.Prealloc {
+		if rep.ZeroFilled, err = preallocate(f, layout.BackingSize, o); err != nil {
+			return nil, rep, fmt.Errorf("create %s: preallocate: %w", path, err)
+		}
+	}
+	if err = unix.Fsync(int(f.Fd())); err != nil {
+		return nil, rep, fmt.Errorf("create %s: fsync: %w", path, err)
+	}
+	meta := &Meta{
+		Version:  MetaVersion,
+		Kind:     KindFile,
+		Layout:   layout,
+		ReadOnly: o.ReadOnly,
+		Slot:     NoSlot,
+		Prealloc: o.Prealloc,
+		Created:  time.Now().UTC().Truncate(time.Second),
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, rep, fmt.Errorf("create %s: %w", path, err)
+	}
+	d, err := probeDevice(path, f, fi, o.Probe, true)
+	if err != nil {
+		return nil, rep, fmt.Errorf("create %s: %w", path, err)
+	}
+	meta.Kind = d.kind
+	metaWritten = true
+	if err = WriteMeta(path, meta); err != nil {
+		return nil, rep, fmt.Errorf("create %s: %w", path, err)
+	}
+	if o.ReadOnly {
+		// Hand back a read-only backing, as Open would.
+		f2, err2 := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err2 != nil {
+			err = fmt.Errorf("create %s: reopen read-only: %w", path, err2)
+			return nil, rep, err
+		}
+		f.Close()
+		f = f2
+	}
+	b, err = newBacking(path, f, meta, OpenOptions{Probe: o.Probe}, o.ReadOnly)
+	if err != nil {
+		return nil, rep, err
+	}
+	return b, rep, nil
+}
+
+// preallocChunk is how much is allocated between progress reports.
+const preallocChunk = 256 * MiB
+
+// preallocate allocates [0, size) with fallocate, or writes zeros where the
+// filesystem has no fallocate. It reports whether it zero-filled.
+func preallocate(f *os.File, size uint64, o CreateOptions) (bool, error) {
+	ctx := o.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	progress := func(done uint64) {
+		if o.Progress != nil {
+			o.Progress(done, size)
+		}
+	}
+	zero := false
+	var buf []byte
+	for off := uint64(0); off < size; {
+		if err := ctx.Err(); err != nil {
+			return zero, err
+		}
+		n := min(size-off, preallocChunk)
+		if !zero {
+			err := unix.Fallocate(int(f.Fd()), 0, int64(off), int64(n))
+			switch {
+			case err == nil:
+				off += n
+				progress(off)
+				continue
+			case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS):
+				zero = true
+				buf = make([]byte, 4*MiB)
+			case errors.Is(err, unix.ENOSPC):
+				return zero, fmt.Errorf("fallocate at %d: filesystem full: %w", off, err)
+			default:
+				return zero, fmt.Errorf("fallocate at %d: %w", off, err)
+			}
+		}
+		w := min(n, uint64(len(buf)))
+		if _, err := f.WriteAt(buf[:w], int64(off)); err != nil {
+			return zero, fmt.Errorf("zero-fill at %d: %w", off, err)
+		}
+		off += w
+		progress(off)
+	}
+	return zero, nil
+}
+
+// Remove deletes a backing file and its metadata record. It refuses
+// devices, and a backing that another user holds locked.
+func Remove(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("remove %s: not a regular file; only backing files are removed", path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	defer f.Close()
+	fl := unix.Flock_t{Type: unix.F_WRLCK}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl); err != nil {
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return fmt.Errorf("remove %s: %w: it is in use, probably by a running VM", path, ErrLocked)
+		}
+		return fmt.Errorf("remove %s: lock: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	if err := os.Remove(MetaPath(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", MetaPath(path), err)
+	}
+	return atomicfile.SyncDir(filepath.Dir(path))
+}
+
+// CreateMemfd makes an ephemeral backing in an anonymous memory file. Its
+// Path is /proc/PID/fd/N, which QEMU can open while this process lives.
+func CreateMemfd(name string, o CreateOptions) (*Backing, error) {
+	align := o.Align
+	if align == 0 {
+		align = DefaultAlign
+	}
+	layout, err := ComputeLayout(o.Size, o.LabelSize, align)
+	if err != nil {
+		return nil, fmt.Errorf("memfd %s: %w", name, err)
+	}
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd %s: %w", name, err)
+	}
+	path := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)
+	f := os.NewFile(uintptr(fd), path)
+	if err := f.Truncate(int64(layout.BackingSize)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("memfd %s: set size %d: %w", name, layout.BackingSize, err)
+	}
+	meta := &Meta{Version: MetaVersion, Kind: KindMemfd, Layout: layout, ReadOnly: o.ReadOnly, Slot: NoSlot}
+	return &Backing{
+		path: path, kind: KindMemfd, f: f, size: layout.BackingSize, layout: layout, meta: meta,
+		readOnly: false,
+	}, nil
+}
