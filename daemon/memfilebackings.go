@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"github.com/nvdimm-backend/nvdimm-backend/memfile"
+)
+
+// MemfileBackings is the production Backings: backings are created and
+// opened with memfile/, and locked with memfile's OFD locks (shared for
+// read-only use, exclusive otherwise).
+type MemfileBackings struct {
+	// Provision writes namespace labels into a just-created backing; nil
+	// refuses requests that name a namespace.
+	Provision func(b *memfile.Backing, namespace, mode string) error
+}
+
+// Prepare implements Backings.
+func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInfo, error) {
+	_, err := os.Stat(s.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if s.Size == 0 {
+			return BackingInfo{}, fmt.Errorf("%s does not exist and no size was given to create it", s.Path)
+		}
+		if s.Namespace != "" && m.Provision == nil {
+			return BackingInfo{}, errors.New("namespace provisioning is not available in this build")
+		}
+		b, err := memfile.Create(s.Path, memfile.CreateOptions{Size: s.Size, LabelSize: s.LabelSize, ReadOnly: s.ReadOnly, Context: ctx})
+		if err != nil {
+			return BackingInfo{}, err
+		}
+		defer b.Close()
+		if s.Namespace != "" {
+			if err := m.Provision(b, s.Namespace, s.Mode); err != nil {
+				b.Close()
+				_ = memfile.Remove(s.Path)
+				return BackingInfo{}, fmt.Errorf("provisioning namespace %q: %w", s.Namespace, err)
+			}
+		}
+		info := infoOf(b)
+		info.Created = true
+		return info, nil
+	}
+	if err != nil {
+		return BackingInfo{}, err
+	}
+	if s.Namespace != "" {
+		return BackingInfo{}, fmt.Errorf("%s exists: a namespace is only provisioned in a backing created now", s.Path)
+	}
+	b, err := memfile.Open(s.Path, memfile.OpenOptions{ReadOnly: s.ReadOnly, LabelSize: s.LabelSize})
+	if err != nil {
+		return BackingInfo{}, err
+	}
+	defer b.Close()
+	info := infoOf(b)
+	if s.Size != 0 && s.Size != info.Size {
+		return BackingInfo{}, fmt.Errorf("existing backing gives the guest %s, not the requested %s", memfile.FormatSize(info.Size), memfile.FormatSize(s.Size))
+	}
+	if s.LabelSize != 0 && s.LabelSize != info.LabelSize {
+		return BackingInfo{}, fmt.Errorf("existing backing has a %s label area, not the requested %s", memfile.FormatSize(info.LabelSize), memfile.FormatSize(s.LabelSize))
+	}
+	if b.Meta() != nil && b.Meta().ReadOnly && !s.ReadOnly {
+		return BackingInfo{}, errors.New("the backing's metadata marks it read-only: register it with --readonly")
+	}
+	return info, nil
+}
+
+func infoOf(b *memfile.Backing) BackingInfo {
+	l := b.Layout()
+	return BackingInfo{BackingSize: b.Size(), Size: l.GuestSize, LabelSize: l.LabelSize, Align: l.Align, PMem: b.DAX()}
+}
+
+// Lock implements Backings.
+func (MemfileBackings) Lock(path string, readOnly bool) (io.Closer, error) {
+	b, err := memfile.Open(path, memfile.OpenOptions{ReadOnly: readOnly})
+	if err != nil {
+		return nil, err
+	}
+	kind := memfile.LockExclusive
+	if readOnly {
+		kind = memfile.LockShared
+	}
+	if err := b.Lock(kind, false); err != nil {
+		b.Close()
+		if errors.Is(err, memfile.ErrLocked) {
+			return nil, fmt.Errorf("%w: %w", ErrBackingLocked, err)
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// Remove implements Backings.
+func (MemfileBackings) Remove(path string) error { return memfile.Remove(path) }
