@@ -9,9 +9,9 @@ import (
 
 // Info is what inspect reports about a backing. Its JSON form is stable.
 type Info struct {
-	Path     string `json:"path"`
-	Kind     string `json:"kind"`
-	Size     uint64 `json:"size"`
+	Path string `json:"path"`
+	Kind string `json:"kind"`
+	Size uint64 `json:"size"`
 	// Allocated is the bytes the filesystem allocated (regular files).
 	Allocated uint64 `json:"allocated,omitempty"`
 	DAX       bool   `json:"dax"`

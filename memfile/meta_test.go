@@ -1,0 +1,84 @@
+package memfile
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestMetaRoundTrip(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "a.img")
+	lay, err := ComputeLayout(GiB, 128*KiB, 2*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Meta{Kind: KindFile, Layout: lay, Mode: "fsdax", UUID: "0b6b6a4e-7f2c-4d47-9e0a-1c1b8f0c2d3e", Namespace: "ns0", Slot: 2}
+	if err := WriteMeta(p, m); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadMeta(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != MetaVersion || got.Layout.GuestSize != GiB || got.Mode != "fsdax" || got.Slot != 2 || got.Namespace != "ns0" || got.UUID != m.UUID {
+		t.Fatalf("round trip: %+v", got)
+	}
+	if _, err := ReadMeta(filepath.Join(t.TempDir(), "none")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing record: err = %v, want fs.ErrNotExist", err)
+	}
+}
+
+func TestParseMetaRefusals(t *testing.T) {
+	good := `{"version":1,"kind":"file","layout":{"guest_size":1073741824,"label_size":131072,"align":2097152,"backing_size":1073872896,"label_offset":1073741824},"read_only":false,"slot":-1}`
+	if _, err := ParseMeta([]byte(good), "x"); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]string{
+		strings.Replace(good, `"version":1`, `"version":2`, 1):                           "field version",
+		strings.Replace(good, `"kind":"file"`, `"kind":"floppy"`, 1):                     "field kind",
+		strings.Replace(good, `"slot":-1`, `"slot":300`, 1):                              "field slot",
+		strings.Replace(good, `"read_only":false`, `"read_only":false,"mode":"weird"`, 1): "field mode",
+		strings.Replace(good, `"guest_size":1073741824`, `"guest_size":1`, 1):            "do not match QEMU's",
+		strings.Replace(good, `"label_size":131072`, `"label_size":65536`, 1):            "below QEMU's minimum",
+		strings.Replace(good, `"slot":-1`, `"slot":-1,"bogus":1`, 1):                     "unknown field",
+		good + "{}": "trailing data",
+		`[]`:        "cannot unmarshal",
+		``:          "EOF",
+	}
+	for in, want := range cases {
+		if _, err := ParseMeta([]byte(in), "rec.json"); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "rec.json") {
+			t.Errorf("ParseMeta(%.60q...) = %v, want %q and the name", in, err, want)
+		}
+	}
+}
+
+func TestReadMetaTooLarge(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "a.img")
+	if err := os.WriteFile(MetaPath(p), make([]byte, maxMetaSize+10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadMeta(p); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func FuzzParseMeta(f *testing.F) {
+	f.Add([]byte(`{"version":1,"kind":"file","layout":{"guest_size":1073741824,"label_size":131072,"align":2097152,"backing_size":1073872896,"label_offset":1073741824},"read_only":false,"slot":-1}`))
+	f.Add([]byte(`{"version":1,"kind":"devdax","layout":{"guest_size":0,"label_size":0,"align":0,"backing_size":0,"label_offset":0},"slot":0}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ParseMeta(data, "fuzz")
+		if err != nil {
+			return
+		}
+		// An accepted record is consistent with QEMU's rules.
+		l := m.Layout
+		if l.GuestSize == 0 || l.LabelOffset+l.LabelSize != l.BackingSize || (l.BackingSize-l.LabelSize)&^(l.Align-1) != l.GuestSize {
+			t.Fatalf("accepted inconsistent layout %+v", l)
+		}
+	})
+}
