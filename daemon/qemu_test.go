@@ -1,0 +1,308 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvdimm-backend/nvdimm-backend/qmp"
+)
+
+// realVM is a paused TCG QEMU with two QMP monitors: one for the daemon,
+// one the test uses to look at what the daemon did.
+type realVM struct {
+	daemonQMP string
+	mon       *qmp.Client
+	exit      chan error
+}
+
+func startRealQEMU(t *testing.T, machine, mem string, extra ...string) *realVM {
+	t.Helper()
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skipf("qemu-system-x86_64 not installed: %v", err)
+	}
+	dir := t.TempDir()
+	vm := &realVM{daemonQMP: filepath.Join(dir, "daemon.qmp"), exit: make(chan error, 1)}
+	testQMP := filepath.Join(dir, "test.qmp")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	args := append([]string{
+		"-machine", machine, "-accel", "tcg", "-m", mem,
+		"-S", "-display", "none", "-nodefaults", "-no-user-config",
+		"-qmp", "unix:" + vm.daemonQMP + ",server=on,wait=off",
+		"-qmp", "unix:" + testQMP + ",server=on,wait=off",
+	}, extra...)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("starting QEMU: %v", err)
+	}
+	go func() { vm.exit <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if vm.mon != nil {
+			vm.mon.Close()
+		}
+		cmd.Process.Kill()
+		<-vm.exit
+		cancel()
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := qmp.Dial(dctx, testQMP)
+		dcancel()
+		if err == nil {
+			vm.mon = c
+			return vm
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU QMP never answered: %v; stderr:\n%s", err, stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (vm *realVM) memoryDeviceIDs(t *testing.T) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ds, err := vm.mon.QueryMemoryDevices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, d := range ds {
+		ids = append(ids, d.ID())
+	}
+	return ids
+}
+
+// objects lists the daemon's objects under /objects.
+func (vm *realVM) ourObjects(t *testing.T) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var props []struct {
+		Name string `json:"name"`
+	}
+	if err := vm.mon.Execute(ctx, "qom-list", map[string]any{"path": "/objects"}, &props); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, p := range props {
+		if strings.HasPrefix(p.Name, "nvb-") {
+			out = append(out, p.Name)
+		}
+	}
+	return out
+}
+
+type realDaemon struct {
+	d      *Daemon
+	c      *Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startRealDaemon(t *testing.T, stateDir string) *realDaemon {
+	t.Helper()
+	d, err := New(Config{
+		StateDir: stateDir, Backings: MemfileBackings{}, DialQMP: DialQMP,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Timeout: 20 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Recover(context.Background())
+	sock := filepath.Join(stateDir, "control.sock")
+	l, err := ListenControl(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rd := &realDaemon{d: d, c: NewClient(sock), cancel: cancel, done: make(chan error, 1)}
+	go func() { rd.done <- d.Serve(ctx, l) }()
+	t.Cleanup(rd.stop)
+	return rd
+}
+
+func (rd *realDaemon) stop() {
+	if rd.cancel != nil {
+		rd.cancel()
+		<-rd.done
+		rd.cancel = nil
+	}
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestQEMUDaemonEndToEnd(t *testing.T) {
+	vm := startRealQEMU(t, "q35,nvdimm=on", "512M,slots=4,maxmem=4G", "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1")
+	stateDir := t.TempDir()
+	rd := startRealDaemon(t, stateDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	bd := DefaultBackingDir(stateDir)
+
+	if _, err := rd.c.Create(ctx, CreateRequest{Name: "pm0", Backing: bd + "/pm0.img", Size: 64 << 20, LabelSize: 128 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rd.c.Create(ctx, CreateRequest{Name: "vp0", Backing: bd + "/vp0.img", Size: 32 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	dv, err := rd.c.Attach(ctx, "pm0", AttachRequest{QMP: vm.daemonQMP, As: KindNVDIMM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dv.Attached == nil || dv.Attached.Addr == 0 {
+		t.Fatalf("attached %+v", dv.Attached)
+	}
+	if _, err := rd.c.Attach(ctx, "vp0", AttachRequest{QMP: vm.daemonQMP, As: KindVirtioPMEM, Bus: "rp1"}); err != nil {
+		t.Fatal(err)
+	}
+	ids := vm.memoryDeviceIDs(t)
+	if !contains(ids, "nvb-dev-pm0") || !contains(ids, "nvb-dev-vp0") {
+		t.Fatalf("query-memory-devices: %v", ids)
+	}
+	// The backing is locked against other users while attached.
+	if _, err := (MemfileBackings{}).Lock(bd+"/pm0.img", false); !errors.Is(err, ErrBackingLocked) {
+		t.Fatalf("backing not locked: %v", err)
+	}
+	// Detach is refused with QEMU's reason.
+	_, err = rd.c.Detach(ctx, "pm0")
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != "qemu_refused" {
+		t.Fatalf("detach: %v", err)
+	}
+	t.Logf("detach refused: %v", err)
+
+	// Restart the daemon: same state, still attached, still locked.
+	rd.stop()
+	rd2 := startRealDaemon(t, stateDir)
+	list, err := rd2.c.List(ctx)
+	if err != nil || len(list) != 2 || list[0].Attached == nil || list[1].Attached == nil {
+		t.Fatalf("after restart: %+v %v", list, err)
+	}
+	if _, err := (MemfileBackings{}).Lock(bd+"/pm0.img", false); !errors.Is(err, ErrBackingLocked) {
+		t.Fatalf("backing not re-locked after restart: %v", err)
+	}
+
+	// The VM exits: both devices are released and unlocked.
+	if err := vm.mon.Execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qmp.ErrClosed) {
+		t.Logf("quit: %v", err)
+	}
+	waitFor(t, func() bool {
+		l, err := rd2.c.List(ctx)
+		return err == nil && l[0].Attached == nil && l[1].Attached == nil
+	})
+	l, err := (MemfileBackings{}).Lock(bd+"/pm0.img", false)
+	if err != nil {
+		t.Fatalf("backing still locked after VM exit: %v", err)
+	}
+	l.Close()
+}
+
+func TestQEMUAttachFailuresLeaveNoResidue(t *testing.T) {
+	stateDir := t.TempDir()
+	rd := startRealDaemon(t, stateDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	bd := DefaultBackingDir(stateDir)
+	for _, n := range []string{"a", "b", "c"} {
+		if _, err := rd.c.Create(ctx, CreateRequest{Name: n, Backing: bd + "/" + n + ".img", Size: 32 << 20, LabelSize: 128 << 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// QEMU refuses the nvdimm (no nvdimm=on): the backend object is
+	// removed again and the backing unlocked.
+	vm := startRealQEMU(t, "q35", "512M,slots=1,maxmem=4G")
+	_, err := rd.c.Attach(ctx, "a", AttachRequest{QMP: vm.daemonQMP, As: KindNVDIMM})
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != "qemu_refused" {
+		t.Fatalf("attach without nvdimm=on: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if objs := vm.ourObjects(t); len(objs) != 0 {
+		t.Fatalf("objects left in QEMU: %v", objs)
+	}
+	assertMemfileUnlocked(t, bd+"/a.img")
+
+	// No free slot: the first nvdimm takes the only slot.
+	vm2 := startRealQEMU(t, "q35,nvdimm=on", "512M,slots=1,maxmem=4G")
+	if _, err := rd.c.Attach(ctx, "b", AttachRequest{QMP: vm2.daemonQMP, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = rd.c.Attach(ctx, "c", AttachRequest{QMP: vm2.daemonQMP, As: KindNVDIMM})
+	if !errors.As(err, &re) || re.Code != "qemu_refused" {
+		t.Fatalf("attach with no free slot: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if objs := vm2.ourObjects(t); len(objs) != 1 || objs[0] != "nvb-mem-b" {
+		t.Fatalf("objects in QEMU: %v", objs)
+	}
+	assertMemfileUnlocked(t, bd+"/c.img")
+
+	// A backing locked by another user (another VM's manager).
+	other, err := (MemfileBackings{}).Lock(bd+"/c.img", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rd.c.Attach(ctx, "c", AttachRequest{QMP: vm.daemonQMP, As: KindVirtioPMEM})
+	if !errors.As(err, &re) || re.Code != "locked" {
+		t.Fatalf("attach of a locked backing: %v", err)
+	}
+	other.Close()
+
+	// A socket that does not speak QMP.
+	notQMP := filepath.Join(t.TempDir(), "not.qmp")
+	ln, err := net.Listen("unix", notQMP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n"))
+			time.Sleep(100 * time.Millisecond)
+			c.Close()
+		}
+	}()
+	_, err = rd.c.Attach(ctx, "c", AttachRequest{QMP: notQMP, As: KindNVDIMM})
+	if err == nil || !strings.Contains(err.Error(), notQMP) {
+		t.Fatalf("attach to a non-QMP socket: %v", err)
+	}
+	t.Logf("not QMP: %v", err)
+	assertMemfileUnlocked(t, bd+"/c.img")
+	if g, _ := rd.c.Get(ctx, "c"); g.Attached != nil {
+		t.Fatal("c recorded as attached")
+	}
+}
+
+func assertMemfileUnlocked(t *testing.T, p string) {
+	t.Helper()
+	l, err := (MemfileBackings{}).Lock(p, false)
+	if err != nil {
+		t.Fatalf("%s still locked: %v", p, err)
+	}
+	l.Close()
+}
