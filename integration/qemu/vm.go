@@ -1,0 +1,278 @@
+//go:build integration
+
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// NVDIMM describes one emulated NVDIMM backed by a host file.
+type NVDIMM struct {
+	Path      string // backing file
+	Size      uint64 // bytes; 0 means the file's size
+	LabelSize uint64 // label-size property; 0 means no label area
+	Slot      int    // -1 lets QEMU choose
+	Node      int    // proximity domain (guest NUMA node); 0 unless the VM has nodes
+	Unarmed   bool   // unarmed=on, and readonly=on on the backend
+	Align     uint64 // backend align; 0 means 2 MiB
+}
+
+// VM is one guest boot.
+type VM struct {
+	Name        string                                  // used for file names; defaults to the test name
+	Memory      string                                  // -m size; default 512M
+	Persistence string                                  // machine nvdimm-persistence ("" = not set, "cpu", "mem-ctrl")
+	NVDIMMs     []NVDIMM                                // added with -object/-device pairs
+	ExtraArgs   []string                                // further QEMU arguments (e.g. from `nvdimm-backend qemu-args`)
+	Script      string                                  // guest shell script, run with `set -ex` from the share
+	Files       map[string]string                       // extra files into the share: name -> host path (hard-linked or copied)
+	Timeout     time.Duration                           // whole-run timeout; default 5 minutes
+	QMPSocket   string                                  // when set, QEMU listens for QMP on this unix socket
+	Started     func(ctx context.Context, vm *VM) error // called after QEMU started (hotplug scenarios)
+}
+
+// Result is what a guest run produced.
+type Result struct {
+	ExitCode int    // exit status of the guest script; -1 when no marker was seen
+	Console  string // the serial console
+	Output   string // console text between the begin and exit markers
+	Share    string // host directory shared as /host
+	Accel    string // tcg or kvm
+	Elapsed  time.Duration
+}
+
+// Read returns a file the guest wrote into the share.
+func (r *Result) Read(name string) ([]byte, error) {
+	return os.ReadFile(filepath.Join(r.Share, name))
+}
+
+var (
+	guestSlots = make(chan struct{}, maxGuests())
+	accelOnce  sync.Once
+	accelVal   string
+)
+
+func maxGuests() int {
+	if n, err := strconv.Atoi(os.Getenv("NVDIMM_GUESTS")); err == nil && n > 0 && n <= 2 {
+		return n
+	}
+	return 2
+}
+
+// Accel decides between KVM and TCG once: NVDIMM_ACCEL overrides; otherwise
+// KVM is used only when /dev/kvm opens and a probe boot succeeds (the result
+// is cached in the kit directory, keyed by the QEMU version).
+func Accel(ctx context.Context, kit *Kit, logf func(string, ...any)) string {
+	accelOnce.Do(func() {
+		accelVal = "tcg"
+		if a := os.Getenv("NVDIMM_ACCEL"); a == "tcg" || a == "kvm" {
+			accelVal = a
+			return
+		}
+		fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return
+		}
+		unix.Close(fd)
+		qv, _ := exec.CommandContext(ctx, "qemu-system-x86_64", "--version").Output()
+		ver := strings.SplitN(string(qv), "\n", 2)[0]
+		probeFile := filepath.Join(kit.Dir, "accel-probe")
+		if b, err := os.ReadFile(probeFile); err == nil {
+			if a, v, ok := strings.Cut(string(b), "\t"); ok && v == ver {
+				accelVal = a
+				return
+			}
+		}
+		logf("probing KVM with a test boot (%s)", ver)
+		share, err := os.MkdirTemp("", "nvdimm-kvm-probe-")
+		if err != nil {
+			return
+		}
+		defer os.RemoveAll(share)
+		pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		res, err := boot(pctx, kit, "kvm", &VM{Name: "kvm-probe", Script: "echo probe-ok"}, share)
+		a := "tcg"
+		if err == nil && res.ExitCode == 0 && strings.Contains(res.Output, "probe-ok") {
+			a = "kvm"
+		}
+		logf("KVM probe: using %s", a)
+		os.WriteFile(probeFile, []byte(a+"\t"+ver), 0o644) //nolint:errcheck
+		accelVal = a
+	})
+	return accelVal
+}
+
+// Args returns the QEMU arguments (without accel, kernel and share) for vm.
+func (vm *VM) Args() []string {
+	mem := vm.Memory
+	if mem == "" {
+		mem = "512M"
+	}
+	machine := "pc,nvdimm=on"
+	if vm.Persistence != "" {
+		machine += ",nvdimm-persistence=" + vm.Persistence
+	}
+	args := []string{"-machine", machine, "-m", mem + ",slots=8,maxmem=32G", "-smp", "1"}
+	for i, d := range vm.NVDIMMs {
+		align := d.Align
+		if align == 0 {
+			align = 2 << 20
+		}
+		obj := fmt.Sprintf("memory-backend-file,id=nvmem%d,share=on,mem-path=%s,align=%d", i, d.Path, align)
+		size := d.Size
+		if size == 0 {
+			if fi, err := os.Stat(d.Path); err == nil {
+				size = uint64(fi.Size())
+			}
+		}
+		obj += fmt.Sprintf(",size=%d", size)
+		if d.Unarmed {
+			obj += ",readonly=on"
+		}
+		dev := fmt.Sprintf("nvdimm,id=nv%d,memdev=nvmem%d", i, i)
+		if d.LabelSize != 0 {
+			dev += fmt.Sprintf(",label-size=%d", d.LabelSize)
+		}
+		if d.Slot >= 0 {
+			dev += fmt.Sprintf(",slot=%d", d.Slot)
+		}
+		if d.Node != 0 {
+			dev += fmt.Sprintf(",node=%d", d.Node)
+		}
+		if d.Unarmed {
+			dev += ",unarmed=on"
+		}
+		args = append(args, "-object", obj, "-device", dev)
+	}
+	return append(args, vm.ExtraArgs...)
+}
+
+// boot runs one QEMU process to completion (or until ctx ends).
+func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*Result, error) {
+	if err := os.WriteFile(filepath.Join(share, "run.sh"), []byte(vm.Script+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	for name, src := range vm.Files {
+		dst := filepath.Join(share, name)
+		os.Remove(dst)
+		if err := os.Link(src, dst); err != nil {
+			fi, serr := os.Stat(src)
+			if serr != nil {
+				return nil, fmt.Errorf("share file %s: %w", src, serr)
+			}
+			if err := copyFile(src, dst, fi.Mode().Perm()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"}
+	if accel == "kvm" {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", "tcg", "-cpu", "max")
+	}
+	args = append(args,
+		"-kernel", kit.Kernel, "-initrd", kit.Initrd,
+		"-append", "console=ttyS0 panic=-1 loglevel=4 rdinit=/init",
+		"-fsdev", "local,id=share,path="+share+",security_model=none",
+		"-device", "virtio-9p-pci,fsdev=share,mount_tag=host",
+	)
+	if vm.QMPSocket != "" {
+		args = append(args, "-qmp", "unix:"+vm.QMPSocket+",server=on,wait=off")
+	}
+	args = append(args, vm.Args()...)
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	var console lockedBuffer
+	cmd.Stdout = &console
+	cmd.Stderr = &console
+	cmd.Stdin = nil
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGKILL}
+	start := time.Now()
+	fmt.Fprintf(&console, "+ qemu-system-x86_64 %s\n", strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting qemu: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var startedErr error
+	if vm.Started != nil {
+		startedErr = vm.Started(ctx, vm)
+	}
+	var waitErr error
+	select {
+	case waitErr = <-done:
+	case <-ctx.Done():
+		unix.Kill(-cmd.Process.Pid, unix.SIGKILL) //nolint:errcheck
+		<-done
+		waitErr = fmt.Errorf("guest %s: %w after %s", vm.Name, ctx.Err(), time.Since(start).Round(time.Second))
+	}
+	res := &Result{ExitCode: -1, Console: console.String(), Share: share, Accel: accel, Elapsed: time.Since(start)}
+	parseMarkers(res)
+	if waitErr != nil {
+		var ee *exec.ExitError
+		if !errors.As(waitErr, &ee) || res.ExitCode < 0 {
+			return res, fmt.Errorf("qemu: %w", waitErr)
+		}
+	}
+	if startedErr != nil {
+		return res, startedErr
+	}
+	if res.ExitCode < 0 {
+		return res, fmt.Errorf("guest %s: no exit marker on the console (boot failed?)", vm.Name)
+	}
+	return res, nil
+}
+
+var exitRE = regexp.MustCompile(regexp.QuoteMeta(markExit) + `(-?\d+)@@`)
+
+func parseMarkers(res *Result) {
+	c := strings.ReplaceAll(res.Console, "\r\n", "\n")
+	b := strings.Index(c, markBegin)
+	if b < 0 {
+		return
+	}
+	rest := c[b+len(markBegin):]
+	m := exitRE.FindStringSubmatchIndex(rest)
+	if m == nil {
+		return
+	}
+	res.Output = strings.TrimPrefix(rest[:m[0]], "\n")
+	res.ExitCode, _ = strconv.Atoi(rest[m[2]:m[3]])
+	if !strings.Contains(rest[m[1]:], markEnd) {
+		res.ExitCode = -1
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+var _ io.Writer = (*lockedBuffer)(nil)
