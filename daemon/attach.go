@@ -181,6 +181,9 @@ func (d *Daemon) attachMemory(ctx context.Context, c QMPConn, dv Device, req Att
 		if dv.ReadOnly {
 			devArgs["unarmed"] = true
 		}
+		if dv.Slot != nil {
+			devArgs["slot"] = *dv.Slot
+		}
 	} else {
 		devArgs["driver"] = "virtio-pmem-pci"
 		if req.Bus != "" {

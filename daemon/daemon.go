@@ -222,6 +222,10 @@ func copyDevice(dv *Device) Device {
 		a := *dv.Attached
 		c.Attached = &a
 	}
+	if dv.Slot != nil {
+		s := *dv.Slot
+		c.Slot = &s
+	}
 	return c
 }
 
@@ -242,7 +246,9 @@ type CreateRequest struct {
 	LabelSize uint64 `json:"label_size"`
 	Namespace string `json:"namespace,omitempty"`
 	Mode      string `json:"mode,omitempty"`
-	ReadOnly  bool   `json:"readonly"`
+	// Slot is the DIMM slot to write namespace labels for (0..255).
+	Slot     *int `json:"slot,omitempty"`
+	ReadOnly bool `json:"readonly"`
 }
 
 // Create registers a device, creating its backing when it does not exist
@@ -261,6 +267,16 @@ func (d *Daemon) Create(ctx context.Context, req CreateRequest) (Device, error) 
 	}
 	if (req.Namespace != "" || req.Mode != "") && req.LabelSize == 0 {
 		return Device{}, fmt.Errorf("%w: a namespace needs a label area (label size 0)", ErrInvalid)
+	}
+	slot := -1
+	if req.Slot != nil {
+		if req.Namespace == "" {
+			return Device{}, fmt.Errorf("%w: a slot is only meaningful with a namespace", ErrInvalid)
+		}
+		if *req.Slot < 0 || *req.Slot > 255 {
+			return Device{}, fmt.Errorf("%w: slot %d: want 0..255", ErrInvalid, *req.Slot)
+		}
+		slot = *req.Slot
 	}
 	if req.LabelSize != 0 && req.LabelSize < 128<<10 {
 		return Device{}, fmt.Errorf("%w: label size %d: QEMU needs at least 128 KiB or 0", ErrInvalid, req.LabelSize)
@@ -285,7 +301,7 @@ func (d *Daemon) Create(ctx context.Context, req CreateRequest) (Device, error) 
 	d.mu.Unlock()
 	info, err := d.cfg.Backings.Prepare(ctx, BackingSpec{
 		Path: path, Size: req.Size, LabelSize: req.LabelSize,
-		Namespace: req.Namespace, Mode: req.Mode, ReadOnly: req.ReadOnly,
+		Namespace: req.Namespace, Mode: req.Mode, Slot: slot, ReadOnly: req.ReadOnly,
 	})
 	if err != nil {
 		return Device{}, fmt.Errorf("device %q: backing %s: %w", req.Name, path, err)
@@ -294,7 +310,7 @@ func (d *Daemon) Create(ctx context.Context, req CreateRequest) (Device, error) 
 		Name: req.Name, Backing: path, BackingSize: info.BackingSize,
 		Size: info.Size, LabelSize: info.LabelSize, Align: info.Align, PMem: info.PMem,
 		Namespace: req.Namespace, Mode: req.Mode, ReadOnly: req.ReadOnly,
-		Created: info.Created, CreatedAt: d.cfg.Now().UTC(),
+		Created: info.Created, CreatedAt: d.cfg.Now().UTC(), Slot: info.Slot,
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

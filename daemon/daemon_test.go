@@ -145,6 +145,24 @@ func TestAttachReadOnlyIsUnarmed(t *testing.T) {
 	}
 }
 
+func TestAttachUsesLabelSlot(t *testing.T) {
+	e := newEnv(t)
+	slot := 2
+	if _, err := e.d.Create(context.Background(), CreateRequest{Name: "ns", Backing: e.backDir + "/ns.img", Size: 32 * mib, LabelSize: 128 << 10, Namespace: "ns0", Mode: "fsdax", Slot: &slot}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.Attach(context.Background(), "ns", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	if e.vm.args[1]["slot"] != float64(2) {
+		t.Fatalf("device_add args %v", e.vm.args[1])
+	}
+	bad := 300
+	if _, err := e.d.Create(context.Background(), CreateRequest{Name: "x", Backing: e.backDir + "/x.img", Size: 32 * mib, LabelSize: 128 << 10, Namespace: "n", Mode: "raw", Slot: &bad}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("slot 300: %v", err)
+	}
+}
+
 func TestAttachRollsBackOnRefusal(t *testing.T) {
 	e := newEnv(t)
 	dv := e.create("pm0")

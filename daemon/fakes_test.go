@@ -33,7 +33,12 @@ func (fileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInfo, er
 		if err := f.Truncate(int64(s.Size + s.LabelSize)); err != nil {
 			return BackingInfo{}, err
 		}
-		return BackingInfo{BackingSize: s.Size + s.LabelSize, Size: s.Size, LabelSize: s.LabelSize, Align: 2 << 20, Created: true}, nil
+		info := BackingInfo{BackingSize: s.Size + s.LabelSize, Size: s.Size, LabelSize: s.LabelSize, Align: 2 << 20, Created: true}
+		if s.Slot >= 0 {
+			slot := s.Slot
+			info.Slot = &slot
+		}
+		return info, nil
 	}
 	if err != nil {
 		return BackingInfo{}, err

@@ -17,7 +17,10 @@ type BackingSpec struct {
 	LabelSize uint64 // label area size; 0 = no labels
 	Namespace string // namespace name to provision ("" = none)
 	Mode      string // fsdax, devdax or raw ("" = none)
-	ReadOnly  bool
+	// Slot is the DIMM slot the namespace labels are written for (-1:
+	// none); the label's interleave-set cookie depends on it.
+	Slot     int
+	ReadOnly bool
 }
 
 // BackingInfo describes a prepared backing.
@@ -28,6 +31,9 @@ type BackingInfo struct {
 	Align       uint64 // memory-backend alignment to pass to QEMU (0: default)
 	PMem        bool   // real persistent memory (pass pmem=on)
 	Created     bool   // the backing was created now
+	// Slot is the DIMM slot the backing's labels were written for (nil:
+	// none); an nvdimm attach then asks QEMU for that slot.
+	Slot *int
 }
 
 // Backings creates, adopts, locks and removes backings. Production wires

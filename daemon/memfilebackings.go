@@ -17,7 +17,7 @@ import (
 type MemfileBackings struct {
 	// Provision writes namespace labels into a just-created backing; nil
 	// refuses requests that name a namespace.
-	Provision func(b *memfile.Backing, namespace, mode string) error
+	Provision func(b *memfile.Backing, namespace, mode string, slot int) error
 }
 
 // Prepare implements Backings.
@@ -36,13 +36,17 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		}
 		defer b.Close()
 		if s.Namespace != "" {
-			if err := m.Provision(b, s.Namespace, s.Mode); err != nil {
+			if err := m.Provision(b, s.Namespace, s.Mode, s.Slot); err != nil {
 				b.Close()
 				_ = memfile.Remove(s.Path)
 				return BackingInfo{}, fmt.Errorf("provisioning namespace %q: %w", s.Namespace, err)
 			}
 		}
 		info := infoOf(b)
+		if s.Namespace != "" && s.Slot >= 0 {
+			slot := s.Slot
+			info.Slot = &slot
+		}
 		info.Created = true
 		return info, nil
 	}
@@ -72,7 +76,12 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 
 func infoOf(b *memfile.Backing) BackingInfo {
 	l := b.Layout()
-	return BackingInfo{BackingSize: b.Size(), Size: l.GuestSize, LabelSize: l.LabelSize, Align: l.Align, PMem: b.DAX()}
+	info := BackingInfo{BackingSize: b.Size(), Size: l.GuestSize, LabelSize: l.LabelSize, Align: l.Align, PMem: b.DAX()}
+	if m := b.Meta(); m != nil && m.Slot >= 0 {
+		slot := m.Slot
+		info.Slot = &slot
+	}
+	return info
 }
 
 // Lock implements Backings.

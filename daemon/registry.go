@@ -42,6 +42,9 @@ type Device struct {
 	Namespace string `json:"namespace,omitempty"`
 	Mode      string `json:"mode,omitempty"`
 	ReadOnly  bool   `json:"readonly"`
+	// Slot is the DIMM slot the labels were written for; nvdimm attach
+	// plugs the device there.
+	Slot *int `json:"slot,omitempty"`
 	// Kind is the kind of the current or last attachment ("" when never
 	// attached): nvdimm, virtio-pmem or vhost-user.
 	Kind string `json:"kind,omitempty"`

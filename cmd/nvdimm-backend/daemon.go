@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -37,8 +38,15 @@ func newServeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := daemon.New(daemon.Config{
 				StateDir: stateDir, BackingDirs: backingDirs,
-				Backings: daemon.MemfileBackings{}, DialQMP: daemon.DialQMP,
-				Logger: slog.Default(),
+				Backings: daemon.MemfileBackings{Provision: func(b *memfile.Backing, ns, mode string, slot int) error {
+					if provisionNamespace == nil {
+						return errors.New("namespace labels are not supported by this build")
+					}
+					_, err := provisionNamespace(cmd, b, namespaceRequest{Name: ns, Mode: mode, Slot: slot})
+					return err
+				}},
+				DialQMP: daemon.DialQMP,
+				Logger:  slog.Default(),
 			})
 			if err != nil {
 				return err
@@ -70,6 +78,7 @@ func newDeviceCmd() *cobra.Command {
 
 	var req daemon.CreateRequest
 	var size, label sizeFlag
+	var slot int
 	create := &cobra.Command{
 		Use:   "create NAME --backing PATH [--size SIZE] [--label-size SIZE] [--namespace NAME --mode MODE] [--readonly]",
 		Short: "Register a device; its backing is created when missing and adopted when present",
@@ -84,6 +93,9 @@ func newDeviceCmd() *cobra.Command {
 				req.Backing = abs
 			}
 			req.Size, req.LabelSize = size.v, label.v
+			if slot >= 0 {
+				req.Slot = &slot
+			}
 			dv, err := client().Create(cmd.Context(), req)
 			if err != nil {
 				return err
@@ -96,6 +108,7 @@ func newDeviceCmd() *cobra.Command {
 	create.Flags().Var(&label, "label-size", "label area size (0 or at least 128K)")
 	create.Flags().StringVar(&req.Namespace, "namespace", "", "namespace to provision in the label area")
 	create.Flags().StringVar(&req.Mode, "mode", "", "namespace mode: fsdax, devdax or raw")
+	create.Flags().IntVar(&slot, "slot", -1, "DIMM slot the namespace labels are written for (with --namespace)")
 	create.Flags().BoolVar(&req.ReadOnly, "readonly", false, "read-only device (nvdimm attached unarmed)")
 	_ = create.MarkFlagRequired("backing")
 
