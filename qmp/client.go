@@ -138,9 +138,10 @@ func (c *Client) readGreeting(ctx context.Context) error {
 		var ne net.Error
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
+			// Only our deadlines, which come from ctx, time reads out.
 			cause := context.Cause(ctx)
 			if cause == nil {
-				cause = err
+				cause = context.DeadlineExceeded
 			}
 			return fmt.Errorf("qmp %s: no QMP greeting (not a QMP socket, or another client holds the monitor): %w", c.path, cause)
 		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
@@ -369,7 +370,13 @@ func (c *Client) execute(ctx context.Context, cmd string, args, result any, fds 
 func (c *Client) send(ctx context.Context, b []byte, fds []int) error {
 	b = append(b, '\n')
 	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+	err := c.sendLocked(ctx, b, fds)
+	c.writeMu.Unlock()
+	return err
+}
+
+// sendLocked is send with writeMu held.
+func (c *Client) sendLocked(ctx context.Context, b []byte, fds []int) error {
 	if err := ctx.Err(); err != nil {
 		return context.Cause(ctx)
 	}
