@@ -80,6 +80,10 @@ func CreateWithReport(path string, o CreateOptions) (b *Backing, rep CreateRepor
 	if err != nil {
 		return nil, rep, fmt.Errorf("create %s: %w", path, err)
 	}
+	if o.Size < o.LabelSize {
+		return nil, rep, fmt.Errorf("create %s: size %s is below the label-size %s: --size is what the guest sees, not counting the label area; use a size of at least %s",
+			path, FormatSize(o.Size), FormatSize(o.LabelSize), FormatSize(max(o.LabelSize, align)))
+	}
 	if path == "" {
 		return nil, rep, errors.New("create: empty path")
 	}

@@ -37,13 +37,13 @@ func TestParseMetaRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	cases := map[string]string{
-		strings.Replace(good, `"version":1`, `"version":2`, 1):                           "field version",
-		strings.Replace(good, `"kind":"file"`, `"kind":"floppy"`, 1):                     "field kind",
-		strings.Replace(good, `"slot":-1`, `"slot":300`, 1):                              "field slot",
+		strings.Replace(good, `"version":1`, `"version":2`, 1):                            "field version",
+		strings.Replace(good, `"kind":"file"`, `"kind":"floppy"`, 1):                      "field kind",
+		strings.Replace(good, `"slot":-1`, `"slot":300`, 1):                               "field slot",
 		strings.Replace(good, `"read_only":false`, `"read_only":false,"mode":"weird"`, 1): "field mode",
-		strings.Replace(good, `"guest_size":1073741824`, `"guest_size":1`, 1):            "do not match QEMU's",
-		strings.Replace(good, `"label_size":131072`, `"label_size":65536`, 1):            "below QEMU's minimum",
-		strings.Replace(good, `"slot":-1`, `"slot":-1,"bogus":1`, 1):                     "unknown field",
+		strings.Replace(good, `"guest_size":1073741824`, `"guest_size":1`, 1):             "do not match QEMU's",
+		strings.Replace(good, `"label_size":131072`, `"label_size":65536`, 1):             "below QEMU's minimum",
+		strings.Replace(good, `"slot":-1`, `"slot":-1,"bogus":1`, 1):                      "unknown field",
 		good + "{}": "trailing data",
 		`[]`:        "cannot unmarshal",
 		``:          "EOF",
