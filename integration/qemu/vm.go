@@ -34,6 +34,7 @@ type NVDIMM struct {
 // VM is one guest boot.
 type VM struct {
 	Name        string                                  // used for file names; defaults to the test name
+	Machine     string                                  // machine type; default q35
 	Memory      string                                  // -m size; default 512M
 	Persistence string                                  // machine nvdimm-persistence ("" = not set, "cpu", "mem-ctrl")
 	NVDIMMs     []NVDIMM                                // added with -object/-device pairs
@@ -123,7 +124,11 @@ func (vm *VM) Args() []string {
 	if mem == "" {
 		mem = "512M"
 	}
-	machine := "pc,nvdimm=on"
+	machine := vm.Machine
+	if machine == "" {
+		machine = "q35"
+	}
+	machine += ",nvdimm=on"
 	if vm.Persistence != "" {
 		machine += ",nvdimm-persistence=" + vm.Persistence
 	}
