@@ -489,6 +489,14 @@ func (d *Daemon) ensureVhostServer(dv Device, sock string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("vhost-user server on %s: %w", sock, err)
 	}
+	// Only the daemon's uid (and root) may connect, whatever umask the
+	// server was created under.
+	if err := os.Chmod(sock, 0o600); err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), d.cfg.Timeout)
+		_ = srv.Close(cctx)
+		cancel()
+		return false, fmt.Errorf("vhost-user socket %s: %w", sock, err)
+	}
 	d.mu.Lock()
 	d.vhost[dv.Name] = srv
 	d.mu.Unlock()

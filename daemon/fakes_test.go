@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -178,6 +179,7 @@ func (v *fakeVM) callList() []string {
 
 // fakeServer is a VhostUserServer that records its closing.
 type fakeServer struct {
+	ln net.Listener
 	mu sync.Mutex
 	// +checklocks:mu
 	closed bool
@@ -193,7 +195,7 @@ func (s *fakeServer) Close(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
-	return nil
+	return s.ln.Close()
 }
 
 type env struct {
@@ -229,7 +231,11 @@ func (e *env) open() *Daemon {
 			return e.vm, nil
 		},
 		VhostUser: func(dev Device, sock string) (VhostUserServer, error) {
-			s := &fakeServer{}
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				return nil, err
+			}
+			s := &fakeServer{ln: ln}
 			e.servers = append(e.servers, s)
 			return s, nil
 		},

@@ -87,6 +87,7 @@ type VhostUserServer interface {
 }
 
 // VhostUserFactory starts the vhost-user virtio-pmem server for dev,
-// listening on socketPath (which it creates with mode 0600). The
-// server's metrics go to the daemon's registry.
+// listening on socketPath before it returns (QEMU connects right after);
+// the daemon then makes the socket mode 0600. The server's metrics go to
+// the daemon's registry (Daemon.Registry).
 type VhostUserFactory func(dev Device, socketPath string) (VhostUserServer, error)

@@ -1,0 +1,236 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// wireQMP is a fake QEMU QMP server on a Unix socket, speaking the real
+// wire protocol (greeting, qmp_capabilities, id-matched replies), so the
+// production qmp/ adapter is exercised end to end. It pretends to be a
+// QEMU >= 10.2 with vhost-user-test-device-pci.
+type wireQMP struct {
+	path string
+	ln   net.Listener
+	mu   sync.Mutex
+	// +checklocks:mu
+	cmds []map[string]any
+	// +checklocks:mu
+	conns []net.Conn
+	// refuse maps a command to an error description.
+	refuse map[string]string
+}
+
+func newWireQMP(t *testing.T) *wireQMP {
+	t.Helper()
+	w := &wireQMP{path: filepath.Join(t.TempDir(), "vm.qmp"), refuse: map[string]string{}}
+	ln, err := net.Listen("unix", w.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.ln = ln
+	t.Cleanup(func() { ln.Close(); w.hangUp() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			w.mu.Lock()
+			w.conns = append(w.conns, c)
+			w.mu.Unlock()
+			go w.serve(c)
+		}
+	}()
+	return w
+}
+
+func (w *wireQMP) hangUp() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.conns {
+		c.Close()
+	}
+}
+
+func (w *wireQMP) commands() []map[string]any {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]map[string]any(nil), w.cmds...)
+}
+
+func (w *wireQMP) serve(c net.Conn) {
+	defer c.Close()
+	enc := json.NewEncoder(c)
+	enc.Encode(map[string]any{"QMP": map[string]any{"version": map[string]any{
+		"qemu": map[string]int{"major": 11, "minor": 1, "micro": 2}, "package": ""}, "capabilities": []string{}}})
+	dec := json.NewDecoder(bufio.NewReader(c))
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			if err != io.EOF {
+				return
+			}
+			return
+		}
+		cmd, _ := m["execute"].(string)
+		w.mu.Lock()
+		w.cmds = append(w.cmds, m)
+		w.mu.Unlock()
+		reply := map[string]any{"id": m["id"]}
+		if desc, ok := w.refuse[cmd]; ok {
+			reply["error"] = map[string]any{"class": "GenericError", "desc": desc}
+		} else if cmd == "qom-get" {
+			reply["return"] = "vhost-user-test-device-pci"
+		} else {
+			reply["return"] = map[string]any{}
+		}
+		enc.Encode(reply)
+	}
+}
+
+// listeningServer is a VhostUserFactory result that listens on the socket
+// the daemon chose, as a real vhost-user server does.
+type listeningServer struct{ ln net.Listener }
+
+func (s *listeningServer) Close(ctx context.Context) error { return s.ln.Close() }
+
+func TestVhostUserAttachOverWireQMP(t *testing.T) {
+	w := newWireQMP(t)
+	stateDir := t.TempDir()
+	var mu sync.Mutex
+	var servers []*listeningServer
+	d, err := New(Config{
+		StateDir: stateDir, Backings: fileBackings{}, DialQMP: DialQMP,
+		VhostUser: func(dev Device, sock string) (VhostUserServer, error) {
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				return nil, err
+			}
+			s := &listeningServer{ln: ln}
+			mu.Lock()
+			servers = append(servers, s)
+			mu.Unlock()
+			return s, nil
+		},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	ctx := context.Background()
+	if _, err := d.Create(ctx, CreateRequest{Name: "vu0", Backing: DefaultBackingDir(stateDir) + "/vu0.img", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	dv, err := d.Attach(ctx, "vu0", AttachRequest{QMP: w.path, As: KindVhostUser, Bus: "rp1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dv.VhostUserSocket)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("vhost-user socket %s: %v %v", dv.VhostUserSocket, fi, err)
+	}
+	var got []string
+	for _, c := range w.commands() {
+		got = append(got, c["execute"].(string))
+	}
+	want := []string{"qmp_capabilities", "chardev-add", "device_add", "qom-get"}
+	if len(got) != len(want) {
+		t.Fatalf("commands %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("commands %v, want %v", got, want)
+		}
+	}
+	dev := w.commands()[2]["arguments"].(map[string]any)
+	if dev["driver"] != "vhost-user-test-device-pci" || dev["virtio-id"] != float64(27) || dev["bus"] != "rp1" || dev["chardev"] != "nvb-chr-vu0" {
+		t.Fatalf("device_add arguments %v", dev)
+	}
+	// The socket closing (VM gone) releases the device and stops its server.
+	w.hangUp()
+	waitFor(t, func() bool { g, _ := d.Get("vu0"); return g.Attached == nil })
+	mu.Lock()
+	s := servers[0]
+	mu.Unlock()
+	if _, err := s.ln.Accept(); err == nil {
+		t.Fatal("vhost-user server still accepting after release")
+	}
+}
+
+func TestVhostUserRefusedOverWireQMP(t *testing.T) {
+	w := newWireQMP(t)
+	w.refuse["device_add"] = "'vhost-user-test-device-pci' is not a valid device model name"
+	stateDir := t.TempDir()
+	closed := make(chan struct{}, 1)
+	d, err := New(Config{
+		StateDir: stateDir, Backings: fileBackings{}, DialQMP: DialQMP,
+		VhostUser: func(dev Device, sock string) (VhostUserServer, error) {
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				return nil, err
+			}
+			return closeNotify{ln, closed}, nil
+		},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	ctx := context.Background()
+	dv, err := d.Create(ctx, CreateRequest{Name: "vu0", Backing: DefaultBackingDir(stateDir) + "/vu0.img", Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Attach(ctx, "vu0", AttachRequest{QMP: w.path, As: KindVhostUser})
+	var qe *QEMUError
+	if err == nil || !asQEMU(err, &qe) || qe.Class != "GenericError" {
+		t.Fatalf("attach: %v", err)
+	}
+	cmds := w.commands()
+	last := cmds[len(cmds)-1]
+	if last["execute"] != "chardev-remove" || last["arguments"].(map[string]any)["id"] != "nvb-chr-vu0" {
+		t.Fatalf("last command %v, want chardev-remove of nvb-chr-vu0", last)
+	}
+	select {
+	case <-closed:
+	default:
+		t.Fatal("vhost-user server not stopped after a refused attach")
+	}
+	assertUnlocked(t, dv.Backing)
+}
+
+type closeNotify struct {
+	ln net.Listener
+	ch chan struct{}
+}
+
+func (c closeNotify) Close(ctx context.Context) error {
+	c.ch <- struct{}{}
+	return c.ln.Close()
+}
+
+func asQEMU(err error, qe **QEMUError) bool {
+	for e := err; e != nil; {
+		if q, ok := e.(*QEMUError); ok {
+			*qe = q
+			return true
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		e = u.Unwrap()
+	}
+	return false
+}
