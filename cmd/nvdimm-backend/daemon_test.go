@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvdimm-backend/nvdimm-backend/daemon"
+)
+
+func runCLI(t *testing.T, stdin string, args ...string) (string, string, error) {
+	t.Helper()
+	root := newRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), errOut.String(), err
+}
+
+func TestCLIServeAndDeviceVerbs(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	sock := filepath.Join(dir, "run", "control.sock")
+	root := newRootCmd()
+	root.SetArgs([]string{"serve", "--state-dir", state, "--control-socket", sock, "--log-level", "error"})
+	root.SetErr(&bytes.Buffer{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("control socket never came up: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Setenv(daemon.SocketEnv, sock)
+	backing := filepath.Join(state, "backings", "pm0.img")
+	out, _, err := runCLI(t, "", "device", "create", "pm0", "--backing", backing, "--size", "32M", "--label-size", "128K", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dv daemon.Device
+	if err := json.Unmarshal([]byte(out), &dv); err != nil || dv.Name != "pm0" || dv.Size != 32<<20 || !dv.Created {
+		t.Fatalf("create --json: %v %s", err, out)
+	}
+	out, _, err = runCLI(t, "", "device", "list")
+	if err != nil || !strings.Contains(out, "pm0") || !strings.Contains(out, "32 MiB") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	out, _, err = runCLI(t, "", "device", "show", "pm0")
+	if err != nil || !strings.Contains(out, "attached:") || !strings.Contains(out, backing) {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	_, _, err = runCLI(t, "", "device", "show", "nope")
+	if err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("show unknown: %v", err)
+	}
+	_, _, err = runCLI(t, "", "device", "create", "x", "--backing", "/etc/hostname", "--size", "2M")
+	if err == nil || !strings.Contains(err.Error(), "must resolve to a path under a backing directory") {
+		t.Fatalf("create outside: %v", err)
+	}
+	_, _, err = runCLI(t, "", "device", "attach", "pm0", "--qmp", filepath.Join(dir, "none.qmp"), "--as", "nvdimm")
+	if err == nil || !strings.Contains(err.Error(), "none.qmp") {
+		t.Fatalf("attach to missing QMP: %v", err)
+	}
+	out, _, err = runCLI(t, "", "device", "delete", "pm0", "--purge", "--json")
+	if err != nil || !strings.Contains(out, `"purged": true`) {
+		t.Fatalf("delete: %v %s", err, out)
+	}
+	if _, err := os.Stat(backing); !os.IsNotExist(err) {
+		t.Fatalf("backing not purged: %v", err)
+	}
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket: %v %v", fi, err)
+	}
+}
+
+func TestCLILibvirtHook(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	bd := filepath.Join(dir, "backings")
+	p := filepath.Join(bd, "vm1.img")
+	xml := `<domain type='kvm'><name>vm1</name><maxMemory slots='4' unit='GiB'>8</maxMemory><devices>
+<memory model='nvdimm' access='shared'><source><path>` + p + `</path><alignsize unit='MiB'>2</alignsize></source>
+<target><size unit='KiB'>131200</size><label><size unit='KiB'>128</size></label></target></memory></devices></domain>`
+	if _, _, err := runCLI(t, xml, "libvirt-hook", "--state-dir", state, "--backing-dir", bd, "vm1", "prepare", "begin", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Size() != 131200<<10 {
+		t.Fatalf("backing: %v %v", fi, err)
+	}
+	bad := strings.Replace(xml, "<size unit='KiB'>128</size>", "<size unit='KiB'>64</size>", 1)
+	_, _, err := runCLI(t, bad, "libvirt-hook", "--state-dir", state, "--backing-dir", bd, "vm1", "prepare", "begin", "-")
+	if err == nil || !strings.Contains(err.Error(), "128 KiB") {
+		t.Fatalf("bad label size: %v", err)
+	}
+	if _, _, err := runCLI(t, "", "libvirt-hook", "--state-dir", state, "--backing-dir", bd, "vm1", "release", "end", "-"); err != nil {
+		t.Fatal(err)
+	}
+}
