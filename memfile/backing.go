@@ -195,11 +195,6 @@ func (b *Backing) LabelArea() (*Area, error) {
 		return nil, fmt.Errorf("backing %s: label area of %s is implausibly large", b.path, FormatSize(l.LabelSize))
 	}
 	a := &Area{b: b, base: int64(l.LabelOffset), size: int64(l.LabelSize)}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return nil, fmt.Errorf("backing %s: closed", b.path)
-	}
 	if b.kind == KindDevDAX {
 		start := l.LabelOffset &^ (b.devAlign - 1)
 		prot := unix.PROT_READ
@@ -211,6 +206,12 @@ func (b *Backing) LabelArea() (*Area, error) {
 			return nil, fmt.Errorf("devdax %s: map label area at %d: %w", b.path, start, err)
 		}
 		a.mapped, a.skip = m, int64(l.LabelOffset-start)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		_ = a.unmap()
+		return nil, fmt.Errorf("backing %s: closed", b.path)
 	}
 	b.areas = append(b.areas, a)
 	return a, nil
