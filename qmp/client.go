@@ -130,9 +130,15 @@ func (c *Client) readGreeting(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		c.conn.SetReadDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { c.conn.SetReadDeadline(time.Unix(1, 0)) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.conn.SetReadDeadline(time.Unix(1, 0))
+		close(fired)
+	})
 	raw, err := c.readRaw()
-	stop()
+	if !stop() {
+		<-fired
+	}
 	c.conn.SetReadDeadline(time.Time{})
 	if err != nil {
 		var ne net.Error

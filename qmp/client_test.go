@@ -499,3 +499,123 @@ func TestDialRefusedSocket(t *testing.T) {
 		t.Fatalf("Dial of a stale socket: %v", err)
 	}
 }
+
+// Messages split across writes, several in one write, and QEMU's
+// pretty=on multi-line form all decode.
+func TestStreamFraming(t *testing.T) {
+	path, _ := fakeServer(t, func(f *fakeConn) {
+		if !f.handshake() {
+			return
+		}
+		c1, err := f.readCommand()
+		if err != nil {
+			return
+		}
+		c2, err := f.readCommand()
+		if err != nil {
+			return
+		}
+		r1 := `{"return": "` + c1.Execute + `", "id": ` + string(c1.ID) + "}\r\n"
+		f.sendRaw(r1[:5])
+		time.Sleep(10 * time.Millisecond)
+		f.sendRaw(r1[5:] + "{\n    \"event\": \"X\"\n}\n{\n    \"return\": \"" + c2.Execute + "\",\n    \"id\": " + string(c2.ID) + "\n}\n")
+		echoLoop(f)
+	})
+	c := dialFake(t, path)
+	sub := c.Subscribe(1)
+	var wg sync.WaitGroup
+	for _, want := range []string{"one", "two"} {
+		wg.Go(func() {
+			var got string
+			if err := c.Execute(tctx(t), want, nil, &got); err != nil || got != want {
+				t.Errorf("%s: got %q, %v", want, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	if ev := <-sub.Events(); ev.Name != "X" {
+		t.Errorf("event %+v", ev)
+	}
+}
+
+func TestDeviceDelWaitFake(t *testing.T) {
+	path, _ := fakeServer(t, func(f *fakeConn) {
+		if !f.handshake() {
+			return
+		}
+		for {
+			c, err := f.readCommand()
+			if err != nil {
+				return
+			}
+			f.reply(c, map[string]any{})
+			f.send(map[string]any{"event": "DEVICE_DELETED", "data": map[string]string{"path": "/machine/peripheral/other", "device": "other"}})
+			f.send(map[string]any{"event": "DEVICE_DELETED", "data": map[string]string{"path": "/machine/peripheral/d0", "device": "d0"}})
+			if c.Execute == "device_del" {
+				return // then hang up
+			}
+		}
+	})
+	c := dialFake(t, path)
+	if err := c.DeviceDelWait(tctx(t), "d0"); err != nil {
+		t.Fatal(err)
+	}
+	<-c.Done()
+	if err := c.DeviceDelWait(tctx(t), "d0"); !errors.Is(err, ErrClosed) {
+		t.Errorf("DeviceDelWait on a closed client: %v", err)
+	}
+}
+
+func BenchmarkExecute(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "b.qmp")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		conn, err := l.AcceptUnix()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		echoLoop2(&fakeConn{c: conn})
+	}()
+	c, err := Dial(context.Background(), path, quiet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := c.Execute(ctx, "query-status", nil, nil); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// echoLoop2 is serveEcho without a *testing.T.
+func echoLoop2(f *fakeConn) {
+	f.sendRaw(fakeGreeting)
+	for {
+		c, err := f.readCommand()
+		if err != nil {
+			return
+		}
+		f.send(map[string]any{"return": map[string]any{"running": false, "status": "prelaunch"}, "id": c.ID})
+	}
+}
+
+func BenchmarkDecodeMessage(b *testing.B) {
+	msg := []byte(`{"event": "DEVICE_DELETED", "data": {"device": "nv0", "path": "/machine/peripheral/nv0"}, "timestamp": {"seconds": 1700000000, "microseconds": 1}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeMessage(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

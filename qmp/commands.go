@@ -291,6 +291,33 @@ func (c *Client) DeviceDel(ctx context.Context, id string) error {
 	return c.Execute(ctx, "device_del", map[string]any{"id": id}, nil)
 }
 
+// DeviceDelWait unplugs device id and waits, within ctx, for QEMU's
+// DEVICE_DELETED event for it (the guest must cooperate for PCI devices).
+// QEMU's refusal is returned as is.
+func (c *Client) DeviceDelWait(ctx context.Context, id string) error {
+	sub := c.Subscribe(16, "DEVICE_DELETED")
+	defer sub.Close()
+	if err := c.DeviceDel(ctx, id); err != nil {
+		return err
+	}
+	for {
+		select {
+		case ev, ok := <-sub.Events():
+			if !ok {
+				return fmt.Errorf("qmp %s: waiting for DEVICE_DELETED of %s: %w", c.path, id, c.Err())
+			}
+			var d struct {
+				Device string `json:"device"`
+			}
+			if json.Unmarshal(ev.Data, &d) == nil && d.Device == id {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("qmp %s: device_del %s: no DEVICE_DELETED event (the guest has not released it): %w", c.path, id, context.Cause(ctx))
+		}
+	}
+}
+
 // ChardevSocket is a Unix-socket character device.
 type ChardevSocket struct {
 	ID   string

@@ -542,3 +542,41 @@ func TestQEMUChardevUnixSocket(t *testing.T) {
 		}
 	}
 }
+
+func TestQEMUDeviceDelWait(t *testing.T) {
+	vm := startQEMU(t, q35NVDIMM, "-device", "qemu-xhci,id=xhci")
+	ctx := tctx(t)
+	if err := vm.c.DeviceAdd(ctx, GenericDevice{Driver: "usb-tablet", ID: "tab0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.c.DeviceDelWait(ctx, "tab0"); err != nil {
+		t.Fatal(err)
+	}
+	var qe *Error
+	if err := vm.c.DeviceDelWait(ctx, "tab0"); !errors.As(err, &qe) || qe.Class != "DeviceNotFound" {
+		t.Errorf("second device_del: %v, want DeviceNotFound", err)
+	}
+}
+
+// QEMU before 10.2 has no user-creatable generic vhost-user device: the
+// refusal is clean and the chardev can be rolled back.
+func TestQEMUVhostUserTestDeviceRefusedBefore10_2(t *testing.T) {
+	vm := startQEMU(t, q35NVDIMM, "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1")
+	if vm.c.Greeting().Version.QEMU.AtLeast(10, 2) {
+		t.Skipf("QEMU %v has vhost-user-test-device-pci; covered by the daemon's end-to-end tests", vm.c.Greeting().Version.QEMU)
+	}
+	ctx := tctx(t)
+	sock := filepath.Join(vm.dir, "vu.sock")
+	if err := vm.c.ChardevAddUnixSocket(ctx, ChardevSocket{ID: "vuch", Path: sock, Server: true}); err != nil {
+		t.Fatal(err)
+	}
+	err := vm.c.DeviceAdd(ctx, VhostUserTestDevicePCI{ID: "vu0", Chardev: "vuch", VirtioID: VirtioIDPMEM, NumVQs: 1, ConfigSize: 16, Bus: "rp1"})
+	var qe *Error
+	if !errors.As(err, &qe) || !strings.Contains(qe.Desc, "vhost-user-test-device-pci") {
+		t.Fatalf("device_add vhost-user-test-device-pci on %v: %v", vm.c.Greeting().Version.QEMU, err)
+	}
+	t.Logf("refused: %v", err)
+	if err := vm.c.ChardevRemove(ctx, "vuch"); err != nil {
+		t.Errorf("rollback chardev-remove: %v", err)
+	}
+}
