@@ -149,4 +149,3 @@ func echoLoop(f *fakeConn) {
 		f.reply(c, map[string]any{"cmd": c.Execute, "args": c.Arguments})
 	}
 }
-
