@@ -170,6 +170,15 @@ func prepare(cfg Config, dir, name string, dom *Domain) (err error) {
 		case fi.Mode().IsRegular():
 			if uint64(fi.Size()) != m.Size {
 				errs = append(errs, fmt.Errorf("%s: backing %s is %d bytes but the target size is %d: QEMU needs them equal", where, path, fi.Size(), m.Size))
+				continue
+			}
+			// A backing the daemon has attached to a running VM holds a lock.
+			if l, lerr := (daemon.MemfileBackings{}).Lock(path, m.ReadOnly); lerr != nil {
+				if errors.Is(lerr, daemon.ErrBackingLocked) {
+					errs = append(errs, fmt.Errorf("%s: %w", where, lerr))
+				}
+			} else {
+				l.Close()
 			}
 		case fi.Mode()&fs.ModeDevice != 0:
 			// Device nodes: QEMU checks the size against the device.

@@ -212,6 +212,17 @@ func TestPrepareValidatesExisting(t *testing.T) {
 	if err := Run(cfg, []string{"vm1", "prepare", "begin", "-"}, strings.NewReader(ro)); err == nil || !strings.Contains(err.Error(), "read-only backing") {
 		t.Fatalf("readonly missing: %v", err)
 	}
+	// A backing locked by another user (the daemon attached it to a VM).
+	os.Truncate(nv, 524416<<10)
+	l, err := (daemon.MemfileBackings{}).Lock(nv, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Run(cfg, []string{"vm1", "prepare", "begin", "-"}, strings.NewReader(xmlFor(nv, vp)))
+	l.Close()
+	if err == nil || !strings.Contains(err.Error(), "locked") {
+		t.Fatalf("locked backing: %v", err)
+	}
 	// Sources outside the managed directories are left alone.
 	out := filepath.Join(t.TempDir(), "elsewhere.img")
 	if err := Run(cfg, []string{"vm1", "prepare", "begin", "-"}, strings.NewReader(xmlFor(out, vp))); err != nil {
