@@ -141,6 +141,14 @@ func (b *Backing) File() *os.File { return b.f }
 // directly (devdax, a file on a DAX filesystem, a DAX pmem block device).
 func (b *Backing) DAX() bool { return b.dax }
 
+// PMem reports whether QEMU should be told pmem=on: the backing is
+// persistent memory mapped directly (devdax or a file on a DAX
+// filesystem). A pmem block device is DAX but QEMU maps it through the
+// page cache, so it is not.
+func (b *Backing) PMem() bool {
+	return b.dax && (b.kind == KindDevDAX || b.kind == KindDAXFile)
+}
+
 // MapSync reports whether the kernel accepts MAP_SYNC mappings of it.
 func (b *Backing) MapSync() bool { return b.mapSync }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -345,4 +344,3 @@ func BenchmarkCreateSparse64G(b *testing.B) {
 	}
 }
 
-var _ = exec.Command

@@ -111,7 +111,7 @@ func TestKindDevDAXFakeSysfs(t *testing.T) {
 	}
 	defer b.Close()
 	l := b.Layout()
-	if b.Kind() != KindDevDAX || b.Size() != 64*MiB || b.DevAlign() != 2*MiB || !b.DAX() || l.Align != 2*MiB {
+	if b.Kind() != KindDevDAX || b.Size() != 64*MiB || b.DevAlign() != 2*MiB || !b.DAX() || !b.PMem() || l.Align != 2*MiB {
 		t.Fatalf("kind %s size %d align %d dax %v layout %+v", b.Kind(), b.Size(), b.DevAlign(), b.DAX(), l)
 	}
 	// devdax loses one align unit to a label area.
@@ -223,7 +223,7 @@ func TestKindPMemBlockLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if b.Kind() != KindPMemBlock || b.Size() != 32*MiB || !b.DAX() || b.Layout().GuestSize != 30*MiB {
+	if b.Kind() != KindPMemBlock || b.Size() != 32*MiB || !b.DAX() || b.PMem() || b.Layout().GuestSize != 30*MiB {
 		t.Fatalf("kind %s size %d dax %v layout %+v", b.Kind(), b.Size(), b.DAX(), b.Layout())
 	}
 	a, err := b.LabelArea()

@@ -56,7 +56,7 @@ type QEMUTarget struct {
 func QEMUArgsFor(b *Backing, o QEMUArgOptions) (QEMUArgs, error) {
 	t := QEMUTarget{
 		Path: b.path, Kind: b.kind, Layout: b.layout,
-		DAX:      b.dax && (b.kind == KindDevDAX || b.kind == KindDAXFile),
+		DAX:      b.PMem(),
 		ReadOnly: b.readOnly, Slot: NoSlot,
 	}
 	if b.meta != nil {

@@ -269,7 +269,7 @@ func newQEMUArgsCmd() *cobra.Command {
 			// Opened read-only only to look; the attach mode is o.ReadOnly.
 			t := memfile.QEMUTarget{
 				Path: b.Path(), Kind: b.Kind(), Layout: b.Layout(),
-				DAX:  b.DAX() && (b.Kind() == memfile.KindDevDAX || b.Kind() == memfile.KindDAXFile),
+				DAX:  b.PMem(),
 				Slot: memfile.NoSlot,
 			}
 			if m := b.Meta(); m != nil {
