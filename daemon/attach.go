@@ -385,11 +385,18 @@ func (d *Daemon) watch(s *vmSession) {
 		d.mu.Unlock()
 		return
 	}
-	if cur, ok := d.sessions[s.path]; ok && cur == s {
+	cur, ok := d.sessions[s.path]
+	current := ok && cur == s
+	if current {
 		delete(d.sessions, s.path)
 	}
 	d.mu.Unlock()
 	_ = s.conn.Close()
+	if !current {
+		// The daemon dropped this session itself (no device used it, or a
+		// newer session replaced it): nothing to release.
+		return
+	}
 	d.releaseVM(s.path, "the VM went away (SHUTDOWN or QMP socket closed)")
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const mib = 1 << 20
@@ -355,4 +356,33 @@ func assertUnlocked(t *testing.T, path string) {
 		t.Fatalf("backing %s still locked: %v", path, err)
 	}
 	l.Close()
+}
+
+// A failed attach drops its fresh QMP session; that session's watcher must
+// not release a device attached later through a new session to the VM.
+func TestDroppedSessionDoesNotReleaseLaterAttach(t *testing.T) {
+	e := newEnv(t)
+	e.create("a")
+	e.create("b")
+	vms := []*fakeVM{newFakeVM(), newFakeVM()}
+	n := 0
+	e.d.cfg.DialQMP = func(ctx context.Context, path string) (QMPConn, error) {
+		v := vms[n]
+		n++
+		return v, nil
+	}
+	vms[0].refuse["device_add"] = &QEMUError{Class: "GenericError", Desc: "no"}
+	if _, err := e.d.Attach(context.Background(), "a", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); err == nil {
+		t.Fatal("attach a succeeded")
+	}
+	if _, err := e.d.Attach(context.Background(), "b", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	vms[0].exit() // the dropped session's connection ends
+	time.Sleep(50 * time.Millisecond)
+	if g, _ := e.d.Get("b"); g.Attached == nil {
+		t.Fatal("b released by the watcher of a dropped session")
+	}
+	vms[1].exit()
+	waitFor(t, func() bool { g, _ := e.d.Get("b"); return g.Attached == nil })
 }
