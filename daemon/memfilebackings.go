@@ -76,7 +76,7 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 
 func infoOf(b *memfile.Backing) BackingInfo {
 	l := b.Layout()
-	info := BackingInfo{BackingSize: b.Size(), Size: l.GuestSize, LabelSize: l.LabelSize, Align: l.Align, PMem: b.DAX()}
+	info := BackingInfo{BackingSize: b.Size(), Size: l.GuestSize, LabelSize: l.LabelSize, Align: l.Align, PMem: b.PMem()}
 	if m := b.Meta(); m != nil && m.Slot >= 0 {
 		slot := m.Slot
 		info.Slot = &slot
