@@ -343,4 +343,3 @@ func BenchmarkCreateSparse64G(b *testing.B) {
 		b.StartTimer()
 	}
 }
-
