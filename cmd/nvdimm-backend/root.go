@@ -79,4 +79,3 @@ func output(cmd *cobra.Command, v any, human func(w io.Writer) error) error {
 	}
 	return human(cmd.OutOrStdout())
 }
-
