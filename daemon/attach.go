@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // AttachRequest is the body of POST /v1/devices/{name}/attach.
@@ -461,8 +462,12 @@ func (d *Daemon) Detach(ctx context.Context, name string) error {
 	if _, err := execute(ctx, s.conn, "device_del", map[string]any{"id": att.DeviceID}); err != nil {
 		return fmt.Errorf("device %q: detach: %w", name, err)
 	}
-	// QEMU accepted; the device goes once the guest ejects it. Remove the
-	// backend pieces when QEMU lets us, and release the device.
+	// QEMU accepted; the device goes once the guest ejects it. Wait for
+	// that (the device vanishes from /machine/peripheral) before removing
+	// the backend pieces and releasing the backing.
+	if err := d.waitUnplugged(ctx, s.conn, att.DeviceID); err != nil {
+		return fmt.Errorf("device %q: QEMU accepted the unplug but the guest has not released the device (%w); it stays attached and is released when the VM exits or a later detach finds it gone", name, err)
+	}
 	if att.ObjectID != "" {
 		d.bestEffort(s.conn, "object-del", map[string]any{"id": att.ObjectID})
 	}
@@ -480,6 +485,28 @@ func (d *Daemon) Detach(ctx context.Context, name string) error {
 	}
 	d.stopVhostServer(name)
 	return err
+}
+
+// waitUnplugged polls until the device is gone from QEMU's peripheral
+// container, or ctx ends.
+func (d *Daemon) waitUnplugged(ctx context.Context, c QMPConn, id string) error {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		_, err := c.Execute(ctx, "qom-get", map[string]any{"path": "/machine/peripheral/" + id, "property": "type"})
+		var qe *QEMUError
+		if errors.As(err, &qe) && qe.Class == "DeviceNotFound" {
+			return nil
+		}
+		if err != nil && !errors.As(err, &qe) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 func (d *Daemon) ensureVhostServer(dv Device, sock string) (bool, error) {

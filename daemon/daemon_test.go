@@ -386,3 +386,28 @@ func TestDroppedSessionDoesNotReleaseLaterAttach(t *testing.T) {
 	vms[1].exit()
 	waitFor(t, func() bool { g, _ := e.d.Get("b"); return g.Attached == nil })
 }
+
+// Where QEMU can unplug (a vhost-user PCI device), detach waits for the
+// device to go, then removes the chardev and releases the backing.
+func TestDetachAcceptedReleases(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("vu0")
+	if _, err := e.d.Attach(context.Background(), "vu0", AttachRequest{QMP: e.qmpPath, As: KindVhostUser}); err != nil {
+		t.Fatal(err)
+	}
+	e.vm.allowDel = true
+	if err := e.d.Detach(context.Background(), "vu0"); err != nil {
+		t.Fatal(err)
+	}
+	calls := e.vm.callList()
+	if !slices.Equal(calls[len(calls)-3:], []string{"device_del", "qom-get", "chardev-remove"}) {
+		t.Fatalf("calls %v", calls)
+	}
+	if g, _ := e.d.Get("vu0"); g.Attached != nil {
+		t.Fatal("still attached")
+	}
+	if !e.servers[0].isClosed() {
+		t.Fatal("vhost-user server not stopped")
+	}
+	assertUnlocked(t, dv.Backing)
+}

@@ -83,6 +83,7 @@ type fakeVM struct {
 	chardevs map[string]bool
 	refuse   map[string]*QEMUError // command -> refusal
 	hideDevs bool                  // query-memory-devices omits everything
+	allowDel bool                  // device_del succeeds (and the device goes)
 	gone     chan struct{}
 	goneOnce sync.Once
 	// +checklocks:mu
@@ -140,6 +141,10 @@ func (v *fakeVM) Execute(ctx context.Context, cmd string, args any) (json.RawMes
 		}
 		v.devices[id] = a
 	case "device_del":
+		if v.allowDel {
+			delete(v.devices, id)
+			return json.RawMessage("{}"), nil
+		}
 		return nil, &QEMUError{Class: "GenericError", Desc: "nvdimm device hot unplug is not supported yet."}
 	case "query-memory-devices":
 		var out []map[string]any
