@@ -1,0 +1,526 @@
+package label
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+)
+
+// Device is the storage an Editor works on: the label tail of a backing,
+// a bare area file, or a buffer. If it also has a Sync() error method,
+// the editor calls it after every write, so the kernel's write order is
+// also the order in which writes become durable.
+type Device interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+type syncer interface{ Sync() error }
+
+// Cookies are the interleave-set cookies of the DIMM's region: V11 goes
+// into labels under a v1.1 index, V12 under a v1.2 index.
+type Cookies struct {
+	V11 uint64 `json:"v1_1"`
+	V12 uint64 `json:"v1_2"`
+}
+
+// For returns the cookie labels carry under an index of version v.
+func (c Cookies) For(v Version) uint64 {
+	if v == V11 {
+		return c.V11
+	}
+	return c.V12
+}
+
+// Editor changes a label area with the kernel's crash-safe update
+// procedure. It is not safe for concurrent use.
+type Editor struct {
+	dev  Device
+	size int64
+	raw  []byte // mirror of the device after our writes
+	area *Area
+	// Log, if set, receives a debug record per write.
+	Log *slog.Logger
+}
+
+// NewEditor reads and parses the area of size bytes behind dev.
+func NewEditor(dev Device, size int64) (*Editor, error) {
+	e := &Editor{dev: dev, size: size}
+	if err := e.reload(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Editor) reload() error {
+	raw, err := ReadArea(e.dev, e.size)
+	if err != nil {
+		return err
+	}
+	a, err := ParseBytes(raw)
+	if err != nil {
+		return err
+	}
+	e.raw, e.area = raw, a
+	return nil
+}
+
+// Area is the parsed current state.
+func (e *Editor) Area() *Area { return e.area }
+
+func (e *Editor) write(off int64, b []byte, what string) error {
+	if off < 0 || off+int64(len(b)) > e.size {
+		return fmt.Errorf("writing %s: %d bytes at offset %d beyond the %d-byte area", what, len(b), off, e.size)
+	}
+	if e.Log != nil {
+		e.Log.Debug("label write", "what", what, "offset", off, "len", len(b))
+	}
+	if _, err := e.dev.WriteAt(b, off); err != nil {
+		_ = e.reload()
+		return fmt.Errorf("writing %s at label-area offset %d: %w", what, off, err)
+	}
+	if s, ok := e.dev.(syncer); ok {
+		if err := s.Sync(); err != nil {
+			_ = e.reload()
+			return fmt.Errorf("syncing %s at label-area offset %d: %w", what, off, err)
+		}
+	}
+	copy(e.raw[off:], b)
+	return nil
+}
+
+func (e *Editor) reparse() error {
+	a, err := ParseBytes(e.raw)
+	if err != nil {
+		return err
+	}
+	e.area = a
+	return nil
+}
+
+// freshIndex builds index block i of a newly initialised area.
+// ndctlStyle leaves the bitmap padding bits set (ndctl init-labels);
+// otherwise they are cleared (the kernel).
+func freshIndex(g Geometry, i int, seq uint32, ndctlStyle bool) *Index {
+	x := &Index{
+		Signature: IndexSignature,
+		Seq:       seq,
+		MyOff:     uint64(g.IndexOffset(i)),
+		MySize:    uint64(g.IndexSize),
+		OtherOff:  uint64(g.IndexOffset(1 - i)),
+		LabelOff:  uint64(2 * g.IndexSize),
+		NSlot:     g.NSlot,
+		Major:     1,
+		Minor:     1,
+		Free:      make([]byte, g.IndexSize-IndexHeaderSize),
+	}
+	if g.LabelSize == LabelSizeV12 {
+		x.LabelSizeShift, x.Minor = 1, 2
+	}
+	nfree := (g.NSlot + 63) / 64 * 64
+	for b := uint32(0); b < nfree/8; b++ {
+		x.Free[b] = 0xff
+	}
+	if !ndctlStyle {
+		for k := g.NSlot; k < nfree; k++ {
+			x.SetFree(k, false)
+		}
+	}
+	x.Seal()
+	return x
+}
+
+// InitOptions control Init.
+type InitOptions struct {
+	// Version is V12 (the kernel's default) or V11 (ndctl's default).
+	Version Version
+	// Force re-initialises an area that already has valid index blocks,
+	// dropping every namespace label.
+	Force bool
+}
+
+// Init writes two empty index blocks. On an unlabelled area it writes
+// block 0 (seq 3) and then block 1 (seq 2), like the kernel and ndctl;
+// v1.1 areas get ndctl's bitmap (padding bits set), v1.2 the kernel's.
+//
+// Re-initialising a labelled area of the same version (Force) writes the
+// staging block first with the next sequence number, so a crash leaves
+// the old or the new state. Changing the version must first invalidate
+// the old blocks (Linux probes 128-byte labels first); a crash in between
+// leaves an unlabelled area.
+func (e *Editor) Init(o InitOptions) error {
+	v := o.Version
+	if v == "" {
+		v = V12
+	}
+	g, err := NewGeometry(e.size, v.LabelSize())
+	if err != nil {
+		return err
+	}
+	ndctl := v == V11
+	a := e.area
+	if a.Labelled {
+		if !o.Force {
+			return fmt.Errorf("label area already has a valid v%s index with %d namespace(s): %w", a.Version(), len(a.Namespaces()), ErrLabelled)
+		}
+		if a.Geometry == g {
+			c := a.Current
+			n := 1 - c
+			sc := a.Blocks[c].Index.Seq
+			if err := e.writeIndex(freshIndex(g, n, nextSeq(sc), ndctl), g, n); err != nil {
+				return err
+			}
+			if err := e.writeIndex(freshIndex(g, c, sc&3, ndctl), g, c); err != nil {
+				return err
+			}
+			return e.reparse()
+		}
+		// Invalidate the old blocks, staging first.
+		old := a.Geometry
+		for _, i := range []int{1 - a.Current, a.Current} {
+			if err := e.write(old.IndexOffset(i), make([]byte, old.IndexSize), fmt.Sprintf("old index block %d", i)); err != nil {
+				return err
+			}
+		}
+	}
+	for i, seq := range []uint32{3, 2} {
+		if err := e.writeIndex(freshIndex(g, i, seq, ndctl), g, i); err != nil {
+			return err
+		}
+	}
+	return e.reparse()
+}
+
+// ErrLabelled means Init found valid index blocks and Force was not set.
+var ErrLabelled = errors.New("already labelled")
+
+// ErrFull means no free label slot is left.
+var ErrFull = errors.New("no free label slot")
+
+func (e *Editor) writeIndex(x *Index, g Geometry, i int) error {
+	b, _ := x.MarshalBinary()
+	if int64(len(b)) != g.IndexSize {
+		return fmt.Errorf("index block %d: encoded %d bytes, want %d", i, len(b), g.IndexSize)
+	}
+	return e.write(g.IndexOffset(i), b, fmt.Sprintf("index block %d (seq %d)", i, x.Seq))
+}
+
+// commit performs one kernel-style update: each label of add goes into
+// the lowest free slot of the staging index (its Slot field set, v1.2
+// checksum sealed) and is written; the victims' slots are marked free;
+// then the staging index is written with the next sequence number and
+// becomes current. It returns the slots used.
+func (e *Editor) commit(add []Label, victims []uint32) ([]uint32, error) {
+	a := e.area
+	cur := a.CurrentIndex()
+	if cur == nil {
+		return nil, ErrUnlabelled
+	}
+	g := a.Geometry
+	next := cur.clone()
+	nslot := g.NSlot
+	if next.NSlot < nslot {
+		nslot = next.NSlot
+	}
+	slots := make([]uint32, 0, len(add))
+	for _, l := range add {
+		k := uint32(0)
+		for ; k < nslot && !next.IsFree(k); k++ {
+		}
+		if k == nslot {
+			return nil, fmt.Errorf("%w (all %d slots in use)", ErrFull, nslot)
+		}
+		next.SetFree(k, false)
+		l.Size = g.LabelSize
+		l.Slot = k
+		l.Seal()
+		b, err := l.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		if err := e.write(g.SlotOffset(k), b, fmt.Sprintf("label slot %d", k)); err != nil {
+			return nil, err
+		}
+		slots = append(slots, k)
+	}
+	for _, k := range victims {
+		next.SetFree(k, true)
+	}
+	n := 1 - a.Current
+	next.Signature = IndexSignature
+	next.Flags = [3]byte{}
+	next.Seq = nextSeq(cur.Seq)
+	next.MyOff = uint64(g.IndexOffset(n))
+	next.MySize = uint64(g.IndexSize)
+	next.OtherOff = uint64(g.IndexOffset(a.Current))
+	next.LabelOff = uint64(2 * g.IndexSize)
+	next.Major, next.Minor, next.LabelSizeShift = 1, 1, 0
+	if g.LabelSize == LabelSizeV12 {
+		next.Minor, next.LabelSizeShift = 2, 1
+	}
+	next.Seal()
+	if err := e.writeIndex(next, g, n); err != nil {
+		return nil, err
+	}
+	if err := e.reparse(); err != nil {
+		return nil, err
+	}
+	if e.area.Current != n {
+		return nil, fmt.Errorf("internal error: index block %d did not become current after the update", n)
+	}
+	return slots, nil
+}
+
+// NamespaceSpec describes a namespace to create.
+type NamespaceSpec struct {
+	UUID UUID   // zero: random
+	Name string // at most 63 bytes
+	// Size in bytes; 0 means the largest free extent. It must be a
+	// multiple of Align.
+	Size uint64
+	Mode string // raw, fsdax, devdax
+	// DIMMSize is the DIMM's mapped DPA range [0, DIMMSize) (QEMU: the
+	// guest-visible size). Required.
+	DIMMSize uint64
+	// Align is the placement and size granule; 0 means Linux's region
+	// default: 16 MiB for DIMMs of at least 16 MiB, else 4 KiB.
+	Align uint64
+	// Cookies of the DIMM's slot.
+	Cookies Cookies
+	// LBASize recorded in the label; 0 means 512, what the kernel
+	// writes for namespaces ndctl creates.
+	LBASize uint64
+}
+
+// DefaultAlign is the region alignment Linux uses for a DIMM of size
+// bytes.
+func DefaultAlign(size uint64) uint64 {
+	if size >= 16<<20 {
+		return 16 << 20
+	}
+	return 4096
+}
+
+// Extent is a DPA range [Start, Start+Size).
+type Extent struct {
+	Start uint64 `json:"start"`
+	Size  uint64 `json:"size"`
+}
+
+// FreeExtents returns the aligned free DPA ranges of [0, dimmSize) not
+// covered by any valid live label.
+func (a *Area) FreeExtents(dimmSize, align uint64) []Extent {
+	if align == 0 {
+		align = DefaultAlign(dimmSize)
+	}
+	var used []Extent
+	for _, s := range a.LiveSlots() {
+		if s.Err == nil {
+			end := s.Label.DPA + s.Label.RawSize
+			if end < s.Label.DPA {
+				end = ^uint64(0)
+			}
+			used = append(used, Extent{s.Label.DPA, end - s.Label.DPA})
+		}
+	}
+	sort.Slice(used, func(i, j int) bool { return used[i].Start < used[j].Start })
+	var out []Extent
+	gap := func(lo, hi uint64) {
+		hi = min(hi, dimmSize)
+		start := (lo + align - 1) / align * align
+		if start < lo || start >= hi {
+			return
+		}
+		if size := (hi - start) / align * align; size > 0 {
+			out = append(out, Extent{start, size})
+		}
+	}
+	pos := uint64(0)
+	for _, u := range used {
+		if u.Start > pos {
+			gap(pos, u.Start)
+		}
+		pos = max(pos, u.Start+u.Size)
+	}
+	gap(pos, dimmSize)
+	return out
+}
+
+// Place picks the DPA of a namespace of size bytes: the first aligned
+// free extent that fits. size 0 means the largest extent, whose size is
+// returned.
+func (a *Area) Place(size, dimmSize, align uint64) (dpa, got uint64, err error) {
+	if align == 0 {
+		align = DefaultAlign(dimmSize)
+	}
+	if size%align != 0 {
+		return 0, 0, fmt.Errorf("size %d is not a multiple of the region alignment %d", size, align)
+	}
+	ext := a.FreeExtents(dimmSize, align)
+	if size == 0 {
+		var best Extent
+		for _, x := range ext {
+			if x.Size > best.Size {
+				best = x
+			}
+		}
+		if best.Size == 0 {
+			return 0, 0, fmt.Errorf("no free space of %d aligned bytes left on the %d-byte DIMM", align, dimmSize)
+		}
+		return best.Start, best.Size, nil
+	}
+	for _, x := range ext {
+		if x.Size >= size {
+			return x.Start, size, nil
+		}
+	}
+	return 0, 0, fmt.Errorf("no free extent of %d bytes on the %d-byte DIMM", size, dimmSize)
+}
+
+// Create adds a pmem namespace: the label is written with UPDATING, then
+// rewritten without it (two index updates, as the kernel does). It
+// returns the namespace as parsed afterwards.
+func (e *Editor) Create(s NamespaceSpec) (*Namespace, error) {
+	a := e.area
+	if !a.Labelled {
+		return nil, ErrUnlabelled
+	}
+	if s.DIMMSize == 0 {
+		return nil, errors.New("create namespace: DIMM size unknown")
+	}
+	guid, err := ModeGUID(s.Mode)
+	if err != nil {
+		return nil, err
+	}
+	if s.Mode == ModeSector {
+		return nil, errors.New("create namespace: sector (BTT) mode is not supported")
+	}
+	if s.UUID.IsZero() {
+		if s.UUID, err = NewUUID(); err != nil {
+			return nil, err
+		}
+	}
+	for _, ns := range a.Namespaces() {
+		if ns.UUID == s.UUID {
+			return nil, fmt.Errorf("a namespace with uuid %s already exists (%q)", s.UUID, ns.Name)
+		}
+	}
+	dpa, size, err := a.Place(s.Size, s.DIMMSize, s.Align)
+	if err != nil {
+		return nil, err
+	}
+	v := a.Version()
+	cookie := s.Cookies.For(v)
+	if cookie == 0 {
+		return nil, fmt.Errorf("create namespace: the v%s interleave-set cookie is 0 (Linux ignores such labels)", v)
+	}
+	l := Label{
+		UUID: s.UUID, Flags: FlagUpdating, NLabel: 1, Position: 0,
+		ISetCookie: cookie, LBASize: s.LBASize, DPA: dpa, RawSize: size,
+	}
+	if l.LBASize == 0 {
+		l.LBASize = 512
+	}
+	if err := l.SetName(s.Name); err != nil {
+		return nil, err
+	}
+	if v == V12 {
+		l.TypeGUID, l.AbstractionGUID = PMemTypeGUID, guid
+	}
+	slots, err := e.commit([]Label{l}, nil)
+	if err != nil {
+		return nil, err
+	}
+	l.Flags = 0
+	if _, err := e.commit([]Label{l}, slots); err != nil {
+		return nil, err
+	}
+	return e.area.FindNamespace(s.UUID, "")
+}
+
+// rewrite replaces every label of the namespace with a changed copy, in
+// two updates (UPDATING, then cleared) like the kernel's label update.
+func (e *Editor) rewrite(ns *Namespace, change func(*Label)) error {
+	var labels []Label
+	var old []uint32
+	for _, s := range ns.Labels {
+		l := s.Label
+		change(&l)
+		labels = append(labels, l)
+		old = append(old, s.Slot)
+	}
+	for i := range labels {
+		labels[i].Flags |= FlagUpdating
+	}
+	slots, err := e.commit(labels, old)
+	if err != nil {
+		return err
+	}
+	for i := range labels {
+		labels[i].Flags &^= FlagUpdating
+	}
+	_, err = e.commit(labels, slots)
+	return err
+}
+
+// Destroy frees every label of the namespace in one update.
+func (e *Editor) Destroy(uuid UUID) error {
+	ns, err := e.area.FindNamespace(uuid, "")
+	if err != nil {
+		return err
+	}
+	var slots []uint32
+	for _, s := range ns.Labels {
+		slots = append(slots, s.Slot)
+	}
+	_, err = e.commit(nil, slots)
+	return err
+}
+
+// Rename gives the namespace a new name.
+func (e *Editor) Rename(uuid UUID, name string) error {
+	ns, err := e.area.FindNamespace(uuid, "")
+	if err != nil {
+		return err
+	}
+	var probe Label
+	if err := probe.SetName(name); err != nil {
+		return err
+	}
+	return e.rewrite(ns, func(l *Label) { l.Name = probe.Name })
+}
+
+// Retarget rewrites the interleave-set cookie of every namespace whose
+// labels do not carry the cookie of c for the area's version (after a
+// backing moved to another DIMM slot). It returns how many namespaces
+// changed.
+func (e *Editor) Retarget(c Cookies) (int, error) {
+	if !e.area.Labelled {
+		return 0, ErrUnlabelled
+	}
+	want := c.For(e.area.Version())
+	if want == 0 {
+		return 0, errors.New("retarget: cookie is 0")
+	}
+	n := 0
+	for _, ns := range e.area.Namespaces() {
+		stale := false
+		for _, s := range ns.Labels {
+			stale = stale || s.Label.ISetCookie != want
+		}
+		if !stale {
+			continue
+		}
+		cur, err := e.area.FindNamespace(ns.UUID, "")
+		if err != nil {
+			return n, err
+		}
+		if err := e.rewrite(cur, func(l *Label) { l.ISetCookie = want }); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
