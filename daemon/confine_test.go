@@ -69,3 +69,40 @@ func TestConfiner(t *testing.T) {
 		}
 	}
 }
+
+func FuzzConfinerCheck(f *testing.F) {
+	root := f.TempDir()
+	allowed := filepath.Join(root, "backings")
+	os.MkdirAll(filepath.Join(allowed, "sub"), 0o700)
+	os.Symlink(root, filepath.Join(allowed, "up"))
+	os.Symlink("sub/../../..", filepath.Join(allowed, "rel"))
+	c, err := NewConfiner([]string{allowed})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{"a.img", "sub/../a", "up/backings/x", "rel/etc/passwd", "../../../../etc/shadow", "new/../x", "./././a", "/dev/pmem0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, rel string) {
+		p := rel
+		if !strings.HasPrefix(rel, "/") {
+			p = allowed + "/" + rel
+		}
+		got, err := c.Check(p)
+		if err != nil {
+			var ce *ConfinementError
+			if !errors.As(err, &ce) {
+				t.Fatalf("Check(%q): error %v is not a ConfinementError", p, err)
+			}
+			return
+		}
+		inDir := strings.HasPrefix(got, allowed+"/")
+		dev := filepath.Dir(got) == "/dev" && (strings.HasPrefix(filepath.Base(got), "dax") || strings.HasPrefix(filepath.Base(got), "pmem"))
+		if !inDir && !dev {
+			t.Fatalf("Check(%q) allowed %q", p, got)
+		}
+		if filepath.Clean(got) != got {
+			t.Fatalf("Check(%q) = %q, not clean", p, got)
+		}
+	})
+}
