@@ -2,6 +2,7 @@ package memfile
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -121,6 +122,14 @@ func BuildQEMUArgs(t QEMUTarget, o QEMUArgOptions) (QEMUArgs, error) {
 	}
 	if t.Path == "" || strings.ContainsAny(t.Path, "\x00\n") {
 		return QEMUArgs{}, fmt.Errorf("backing path %q cannot be passed to QEMU", t.Path)
+	}
+	if !filepath.IsAbs(t.Path) {
+		// QEMU resolves mem-path against its own working directory.
+		abs, err := filepath.Abs(t.Path)
+		if err != nil {
+			return QEMUArgs{}, fmt.Errorf("backing path %q: %w", t.Path, err)
+		}
+		t.Path = abs
 	}
 	l := t.Layout
 	if t.ReadOnly && !o.ReadOnly {
