@@ -346,6 +346,9 @@ func (c *Client) execute(ctx context.Context, cmd string, args, result any, fds 
 	}
 	if err := c.send(ctx, b, fds); err != nil {
 		forget()
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+			err = fmt.Errorf("%w: %w", ErrClosed, err)
+		}
 		return fmt.Errorf("qmp %s: %s: sending: %w", c.path, cmd, err)
 	}
 	var r reply
@@ -412,7 +415,10 @@ func (c *Client) sendLocked(ctx context.Context, b []byte, fds []int) error {
 	if err != nil {
 		if n > 0 {
 			c.conn.Close()
-			return fmt.Errorf("wrote %d of %d bytes, connection closed: %w", n, len(b), err)
+			if ctx.Err() != nil {
+				err = context.Cause(ctx)
+			}
+			return fmt.Errorf("%w: only %d of the command's %d bytes were written: %w", ErrClosed, n, len(b), err)
 		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)

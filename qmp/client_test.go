@@ -619,3 +619,108 @@ func BenchmarkDecodeMessage(b *testing.B) {
 		}
 	}
 }
+
+func TestPeerGoneBeforeSend(t *testing.T) {
+	path, wait := fakeServer(t, func(f *fakeConn) { f.handshake() })
+	c := dialFake(t, path)
+	wait()
+	for range 3 {
+		if err := c.Execute(tctx(t), "x", nil, nil); !errors.Is(err, ErrClosed) {
+			t.Errorf("command to a closed peer: %v", err)
+		}
+	}
+}
+
+// A write blocked because QEMU stopped reading gives up when its context
+// ends; having sent part of a command, the client must close the
+// connection.
+func TestWriteBlockedCancelled(t *testing.T) {
+	stop := make(chan struct{})
+	reading := make(chan struct{})
+	path, _ := fakeServer(t, func(f *fakeConn) {
+		if !f.handshake() {
+			return
+		}
+		f.c.Read(make([]byte, 4096)) // the start of the big command
+		close(reading)
+		<-stop // never read again
+	})
+	defer close(stop)
+	c := dialFake(t, path)
+	huge := strings.Repeat("x", 8<<20) // far more than the socket buffers
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-reading
+		time.Sleep(50 * time.Millisecond)
+		cancel()
+	}()
+	err := c.Execute(ctx, "big", map[string]string{"data": huge}, nil)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "bytes were written") {
+		t.Fatalf("blocked write: %v", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection left open after a partial write")
+	}
+	if err := c.Execute(tctx(t), "x", nil, nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("after a partial write: %v", err)
+	}
+}
+
+// The size bound is per message: many small messages add up to more.
+func TestMaxMessageSizeIsPerMessage(t *testing.T) {
+	path, _ := fakeServer(t, func(f *fakeConn) {
+		if !f.handshake() {
+			return
+		}
+		c, err := f.readCommand()
+		if err != nil {
+			return
+		}
+		for i := range 2000 {
+			f.send(map[string]any{"event": "E", "data": map[string]int{"i": i}})
+		}
+		f.reply(c, strings.Repeat("y", 2000))
+		f.readCommand()
+	})
+	c := dialFake(t, path, WithMaxMessageSize(4096))
+	var s string
+	if err := c.Execute(tctx(t), "x", nil, &s); err != nil || len(s) != 2000 {
+		t.Fatalf("got %d bytes, %v", len(s), err)
+	}
+}
+
+func TestCloseRacesCommands(t *testing.T) {
+	path, _ := fakeServer(t, serveEcho)
+	c := dialFake(t, path)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for {
+				err := c.Execute(context.Background(), "x", nil, nil)
+				if err != nil {
+					if !errors.Is(err, ErrClosed) {
+						t.Errorf("command racing Close: %v", err)
+					}
+					return
+				}
+			}
+		})
+	}
+	sub := c.Subscribe(1)
+	time.Sleep(30 * time.Millisecond)
+	c.Close()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("commands still running 5 s after Close")
+	}
+	sub.Close()
+	if !errors.Is(c.Err(), ErrClosed) {
+		t.Errorf("Err() = %v", c.Err())
+	}
+}
