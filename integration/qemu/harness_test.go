@@ -35,11 +35,9 @@ func bootGuest(t *testing.T, vm *VM) *Result {
 		timeout = 5 * time.Minute
 	}
 	share := t.TempDir()
-	guestSlots <- struct{}{}
-	defer func() { <-guestSlots }()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	res, err := boot(ctx, kit, accel, vm, share)
+	res, err := Boot(ctx, kit, accel, vm, share)
 	if res != nil {
 		saveConsoleOnFailure(t, vm.Name, res.Console)
 		t.Logf("guest %s: %s, script exit %d, %s", vm.Name, accel, res.ExitCode, res.Elapsed.Round(100*time.Millisecond))

@@ -44,6 +44,8 @@ type VM struct {
 	Timeout     time.Duration                           // whole-run timeout; default 5 minutes
 	QMPSocket   string                                  // when set, QEMU listens for QMP on this unix socket
 	Started     func(ctx context.Context, vm *VM) error // called after QEMU started (hotplug scenarios)
+	Console     io.Writer                               // when set, the console is also copied here as it arrives
+	Share       string                                  // set by the harness: the host directory shared as /host
 }
 
 // Result is what a guest run produced.
@@ -167,6 +169,14 @@ func (vm *VM) Args() []string {
 	return append(args, vm.ExtraArgs...)
 }
 
+// Boot runs vm with the kit, sharing the directory share as /host, and
+// waits for it (or for ctx to end). It takes one of the two guest slots.
+func Boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*Result, error) {
+	guestSlots <- struct{}{}
+	defer func() { <-guestSlots }()
+	return boot(ctx, kit, accel, vm, share)
+}
+
 // boot runs one QEMU process to completion (or until ctx ends).
 func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*Result, error) {
 	if err := os.WriteFile(filepath.Join(share, "run.sh"), []byte(vm.Script+"\n"), 0o644); err != nil {
@@ -203,8 +213,13 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 	args = append(args, vm.Args()...)
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	var console lockedBuffer
-	cmd.Stdout = &console
-	cmd.Stderr = &console
+	var w io.Writer = &console
+	if vm.Console != nil {
+		w = io.MultiWriter(&console, vm.Console)
+	}
+	cmd.Stdout = w
+	cmd.Stderr = w
+	vm.Share = share
 	cmd.Stdin = nil
 	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGKILL}
 	start := time.Now()
@@ -279,5 +294,3 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
-
-var _ io.Writer = (*lockedBuffer)(nil)
