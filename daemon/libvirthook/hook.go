@@ -14,6 +14,7 @@ import (
 
 	"github.com/nvdimm-backend/nvdimm-backend/daemon"
 	"github.com/nvdimm-backend/nvdimm-backend/internal/atomicfile"
+	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
 // ClaimVersion is the version of the claim records this hook writes.
@@ -179,6 +180,14 @@ func prepare(cfg Config, dir, name string, dom *Domain) (err error) {
 				}
 			} else {
 				l.Close()
+			}
+			if m.PMem {
+				if b, oerr := memfile.Open(path, memfile.OpenOptions{ReadOnly: true, LabelSize: m.LabelSize, Align: m.AlignSize}); oerr == nil {
+					if !b.PMem() {
+						fmt.Fprintf(cfg.Log, "libvirt-hook: %s: <pmem/> asked for, but %s is not on persistent memory (kind %s): QEMU maps it without MAP_SYNC, so guest flushes are not persistent until the host syncs the file\n", where, path, b.Kind())
+					}
+					b.Close()
+				}
 			}
 		case fi.Mode()&fs.ModeDevice != 0:
 			// Device nodes: QEMU checks the size against the device.

@@ -191,8 +191,13 @@ func TestPrepareCreatesClaimsAndReleases(t *testing.T) {
 		t.Fatal("persistent backing removed")
 	}
 	// Now vm2 may use it; and the existing backing must match the size.
+	var log bytes.Buffer
+	cfg.Log = &log
 	if err := Run(cfg, []string{"vm2", "prepare", "begin", "-"}, strings.NewReader(x2)); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "is not on persistent memory") {
+		t.Fatalf("no note about <pmem/> on a plain file: %s", log.String())
 	}
 }
 
