@@ -110,3 +110,71 @@ func qemuCookieDIMM(slot int) CookieDIMM {
 		VendorID: qemuVendorID,
 	}
 }
+
+// SetCookie is the interleave-set cookie of one persistent-memory SPA
+// range, as Linux shows it in /sys/bus/nd/devices/regionN/set_cookie
+// (V11 for a v1.1 label index or no labels, V12 for a v1.2 index).
+type SetCookie struct {
+	SPAIndex uint16
+	SetCookies
+}
+
+// Cookies computes the cookies of every persistent-memory SPA range of n
+// (index non-zero, with at least one memory-device map), in table order.
+// Each DIMM's control region is found the way Linux finds it: by the
+// DCR index of its memory-device maps, the first match, preferring one
+// with block windows. A DIMM whose control region is missing is an error
+// (Linux refuses the whole NFIT: "SPA n missing DCR m").
+func Cookies(n *NFIT) ([]SetCookie, error) {
+	var out []SetCookie
+	for _, spa := range n.SPAs() {
+		if spa.RangeType != GUIDPersistent || spa.Index == 0 {
+			continue
+		}
+		var dimms []CookieDIMM
+		for _, m := range n.MemDevs() {
+			if m.SPAIndex != spa.Index {
+				continue
+			}
+			d := n.dimmDCR(m.Handle)
+			if d == nil {
+				return nil, fmt.Errorf("acpi: SPA %d: no control region for DIMM handle %#x (memdev DCR index %d)", spa.Index, m.Handle, m.DCRIndex)
+			}
+			dimms = append(dimms, CookieDIMM{
+				RegionOffset:          m.RegionOffset,
+				Serial:                d.Serial,
+				VendorID:              d.VendorID,
+				ManufacturingDate:     d.MfgDate,
+				ManufacturingLocation: d.MfgLocation,
+			})
+		}
+		if len(dimms) == 0 {
+			continue
+		}
+		c, err := ComputeCookies(dimms)
+		if err != nil {
+			return nil, fmt.Errorf("acpi: SPA %d: %w", spa.Index, err)
+		}
+		out = append(out, SetCookie{SPAIndex: spa.Index, SetCookies: c})
+	}
+	return out, nil
+}
+
+// dimmDCR returns the control region Linux records for the DIMM with the
+// given device handle.
+func (n *NFIT) dimmDCR(handle uint32) *ControlRegion {
+	var found *ControlRegion
+	for _, m := range n.MemDevs() {
+		if m.Handle != handle || m.DCRIndex == 0 {
+			continue
+		}
+		d := n.findDCR(m.DCRIndex)
+		if d == nil {
+			continue
+		}
+		if found == nil || (found.Windows == 0 && d.Windows != 0) {
+			found = d
+		}
+	}
+	return found
+}
