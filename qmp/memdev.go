@@ -10,10 +10,10 @@ import (
 // tagged by Type. NVDIMM, DIMM and VirtioPMEM are decoded; every other
 // type ("virtio-mem", "sgx-epc", "hv-balloon", ...) is kept in Raw only.
 type MemoryDevice struct {
-	Type       string             `json:"type"`
-	DIMM       *PCDIMMDeviceInfo  `json:"dimm,omitempty"`
-	NVDIMM     *PCDIMMDeviceInfo  `json:"nvdimm,omitempty"`
-	VirtioPMEM *VirtioPMEMDevInfo `json:"virtio_pmem,omitempty"`
+	Type       string                `json:"type"`
+	DIMM       *PCDIMMDeviceInfo     `json:"dimm,omitempty"`
+	NVDIMM     *PCDIMMDeviceInfo     `json:"nvdimm,omitempty"`
+	VirtioPMEM *VirtioPMEMDeviceInfo `json:"virtio_pmem,omitempty"`
 	// Raw is the member's "data" exactly as QEMU sent it.
 	Raw json.RawMessage `json:"data"`
 }
@@ -30,8 +30,8 @@ type PCDIMMDeviceInfo struct {
 	Hotpluggable bool   `json:"hotpluggable"`
 }
 
-// VirtioPMEMDevInfo describes a virtio-pmem device.
-type VirtioPMEMDevInfo struct {
+// VirtioPMEMDeviceInfo describes a virtio-pmem device.
+type VirtioPMEMDeviceInfo struct {
 	ID      string `json:"id,omitempty"`
 	MemAddr uint64 `json:"memaddr"`
 	Size    uint64 `json:"size"`
@@ -85,7 +85,7 @@ func DecodeMemoryDevices(raw []byte) ([]MemoryDevice, error) {
 			m.NVDIMM = new(PCDIMMDeviceInfo)
 			target = m.NVDIMM
 		case "virtio-pmem":
-			m.VirtioPMEM = new(VirtioPMEMDevInfo)
+			m.VirtioPMEM = new(VirtioPMEMDeviceInfo)
 			target = m.VirtioPMEM
 		}
 		if target != nil {

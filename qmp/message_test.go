@@ -125,7 +125,7 @@ func TestDecodeMemoryDevicesCapture(t *testing.T) {
 	if len(ds) != 3 {
 		t.Fatalf("%d devices, want 3", len(ds))
 	}
-	if d := ds[0]; d.Type != "virtio-pmem" || d.VirtioPMEM == nil || *d.VirtioPMEM != (VirtioPMEMDevInfo{ID: "vp0", MemAddr: 4294967296, Size: 64 << 20, Memdev: "/objects/m"}) {
+	if d := ds[0]; d.Type != "virtio-pmem" || d.VirtioPMEM == nil || *d.VirtioPMEM != (VirtioPMEMDeviceInfo{ID: "vp0", MemAddr: 4294967296, Size: 64 << 20, Memdev: "/objects/m"}) {
 		t.Errorf("virtio-pmem: %+v", d.VirtioPMEM)
 	}
 	nv, ok := FindMemoryDevice(ds, "nv0")

@@ -580,3 +580,29 @@ func TestQEMUVhostUserTestDeviceRefusedBefore10_2(t *testing.T) {
 		t.Errorf("rollback chardev-remove: %v", err)
 	}
 }
+
+// QEMU serves one client per QMP socket: a second one connects but gets
+// no greeting until the first leaves.
+func TestQEMUSecondClientWaits(t *testing.T) {
+	vm := startQEMU(t, q35NVDIMM)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	c2, err := Dial(ctx, vm.qmp)
+	if err == nil {
+		c2.Close()
+		t.Fatal("a second client got a greeting while the first is connected")
+	}
+	if !strings.Contains(err.Error(), "another client") {
+		t.Errorf("second client: %v", err)
+	}
+	vm.c.Close()
+	vm.c = nil
+	c3, err := Dial(tctx(t), vm.qmp)
+	if err != nil {
+		t.Fatalf("after the first client left: %v", err)
+	}
+	defer c3.Close()
+	if _, err := c3.QueryStatus(tctx(t)); err != nil {
+		t.Error(err)
+	}
+}
