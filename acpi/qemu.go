@@ -33,16 +33,32 @@ type QEMUTopology struct {
 const maxQEMUSlot = (math.MaxUint16-1)/2 - 1
 
 // ParseQEMUTopology decodes a topology JSON document strictly: unknown
-// fields and trailing data are errors.
+// fields and trailing data are errors, except the descriptive keys the
+// integration suite writes beside captured tables ("qemu", "machine",
+// "regions"; per DIMM "id" and "label_size"), which are ignored.
 func ParseQEMUTopology(b []byte) (QEMUTopology, error) {
-	var t QEMUTopology
+	var doc struct {
+		QEMUTopology
+		DIMMs []struct {
+			QEMUDIMM
+			ID        json.RawMessage `json:"id"`
+			LabelSize json.RawMessage `json:"label_size"`
+		} `json:"dimms"`
+		QEMU    json.RawMessage `json:"qemu"`
+		Machine json.RawMessage `json:"machine"`
+		Regions json.RawMessage `json:"regions"`
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&t); err != nil {
+	if err := dec.Decode(&doc); err != nil {
 		return QEMUTopology{}, fmt.Errorf("acpi: topology JSON: %w", err)
 	}
 	if dec.More() {
 		return QEMUTopology{}, fmt.Errorf("acpi: topology JSON: trailing data after the object")
+	}
+	t := QEMUTopology{Persistence: doc.Persistence}
+	for _, d := range doc.DIMMs {
+		t.DIMMs = append(t.DIMMs, d.QEMUDIMM)
 	}
 	return t, t.Check()
 }
