@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
+
+	"github.com/nvdimm-backend/nvdimm-backend/internal/fletcher64"
 )
 
 // Block is one decoded index block and why it is not valid (Err nil
@@ -34,7 +37,10 @@ type Area struct {
 	// under each label size.
 	Probe []error
 
-	raw []byte
+	raw    []byte      // the image, or a prefix of it (see Parse)
+	live   []SlotLabel // LiveSlots, decoded once
+	ns     []Namespace
+	nsDone bool
 }
 
 // ReadArea reads a whole area of size bytes from r.
@@ -55,14 +61,44 @@ func ReadArea(r io.ReaderAt, size int64) ([]byte, error) {
 
 // Parse reads and decodes the area of size bytes behind r. Only I/O
 // errors and impossible sizes are errors; anything wrong with the
-// content is recorded in the result (see Check).
+// content is recorded in the result (see Check). The result keeps a copy
+// of the index blocks and of the slots up to the last live one; use
+// ParseBytes to keep the whole image (dump).
 func Parse(r io.ReaderAt, size int64) (*Area, error) {
-	buf, err := ReadArea(r, size)
+	if size < MinAreaSize || size > MaxAreaSize {
+		return nil, fmt.Errorf("label area size %d: want %d to %d bytes", size, MinAreaSize, MaxAreaSize)
+	}
+	bp, _ := bufPool.Get().(*[]byte)
+	if bp == nil || int64(cap(*bp)) < size {
+		b := make([]byte, size)
+		bp = &b
+	}
+	buf := (*bp)[:size]
+	defer bufPool.Put(bp)
+	n, err := r.ReadAt(buf, 0)
+	if n != len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("reading label area (%d of %d bytes): %w", n, size, err)
+	}
+	a, err := ParseBytes(buf)
 	if err != nil {
 		return nil, err
 	}
-	return ParseBytes(buf)
+	// Keep only what the Area needs after buf goes back to the pool.
+	keep := 2 * a.Geometry.IndexSize
+	if a.Labelled && len(a.live) > 0 {
+		keep = a.Geometry.SlotOffset(a.live[len(a.live)-1].Slot + 1)
+	}
+	if !a.Labelled {
+		keep = size // diagnostics of unlabelled areas look at every byte
+	}
+	a.raw = append([]byte(nil), buf[:keep]...)
+	return a, nil
 }
+
+var bufPool sync.Pool
 
 // ParseBytes decodes an area image held in memory. The Area keeps buf.
 func ParseBytes(buf []byte) (*Area, error) {
@@ -82,6 +118,7 @@ func ParseBytes(buf []byte) (*Area, error) {
 		cur := pickCurrent(blocks)
 		if cur >= 0 {
 			a.Labelled, a.Geometry, a.Blocks, a.Current, a.Probe = true, g, blocks, cur, nil
+			a.live = a.decodeLive()
 			return a, nil
 		}
 		for i, b := range blocks {
@@ -160,6 +197,9 @@ func (a *Area) SlotBytes(k uint32) []byte {
 		return nil
 	}
 	off := a.Geometry.SlotOffset(k)
+	if off+int64(a.Geometry.LabelSize) > int64(len(a.raw)) {
+		return make([]byte, a.Geometry.LabelSize) // beyond the kept prefix: a free, unread slot
+	}
 	return a.raw[off : off+int64(a.Geometry.LabelSize)]
 }
 
@@ -188,11 +228,11 @@ func (a *Area) DecodeSlot(k uint32) SlotLabel {
 		s.Err = err
 		return s
 	}
-	s.Err = slotValid(&s.Label, k)
+	s.Err = slotValid(&s.Label, raw, k)
 	return s
 }
 
-func slotValid(l *Label, k uint32) error {
+func slotValid(l *Label, raw []byte, k uint32) error {
 	if l.Slot != k {
 		return fmt.Errorf("slot field %d, want %d", l.Slot, k)
 	}
@@ -200,33 +240,36 @@ func slotValid(l *Label, k uint32) error {
 		return fmt.Errorf("dpa %#x / rawsize %#x not 4 KiB aligned", l.DPA, l.RawSize)
 	}
 	if l.Size == LabelSizeV12 {
-		if sum := l.ComputeChecksum(); sum != l.Checksum {
+		if sum, _ := fletcher64.SumSkipping(raw, labelChecksumOff); sum != l.Checksum {
 			return fmt.Errorf("checksum 0x%016x, computed 0x%016x", l.Checksum, sum)
 		}
 	}
 	return nil
 }
 
-// LiveSlots decodes every slot the current index marks in use, in slot
-// order, valid or not.
-func (a *Area) LiveSlots() []SlotLabel {
+// LiveSlots returns every slot the current index marks in use, in slot
+// order, valid or not. The slice is shared; do not modify it.
+func (a *Area) LiveSlots() []SlotLabel { return a.live }
+
+func (a *Area) decodeLive() []SlotLabel {
 	x := a.CurrentIndex()
 	if x == nil {
 		return nil
 	}
-	var out []SlotLabel
-	n := a.Geometry.NSlot
-	if x.NSlot < n {
-		n = x.NSlot
-	}
+	n := min(a.Geometry.NSlot, x.NSlot)
+	var live []uint32
 	for k := uint32(0); k < n; k++ {
 		if x.Free[k/8] == 0xff {
 			k |= 7
 			continue
 		}
 		if !x.IsFree(k) {
-			out = append(out, a.DecodeSlot(k))
+			live = append(live, k)
 		}
+	}
+	out := make([]SlotLabel, len(live))
+	for i, k := range live {
+		out[i] = a.DecodeSlot(k)
 	}
 	return out
 }
@@ -250,8 +293,16 @@ func (n *Namespace) DPA() uint64 {
 }
 
 // Namespaces groups the valid live labels by UUID, in order of their
-// first slot.
+// first slot. The slice is computed once and shared; do not modify it.
 func (a *Area) Namespaces() []Namespace {
+	if a.nsDone {
+		return a.ns
+	}
+	a.ns, a.nsDone = a.groupNamespaces(), true
+	return a.ns
+}
+
+func (a *Area) groupNamespaces() []Namespace {
 	var out []Namespace
 	idx := map[UUID]int{}
 	for _, s := range a.LiveSlots() {

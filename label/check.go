@@ -73,33 +73,45 @@ func Clean(probs []Problem) bool {
 	return true
 }
 
-func slotWhere(a *Area, k uint32) string {
-	return fmt.Sprintf("slot %d (offset %d)", k, a.Geometry.SlotOffset(k))
+type where string
+
+func (w where) String() string { return string(w) }
+
+// lazyWhere formats a slot's place only when a problem is reported.
+type lazyWhere struct {
+	a *Area
+	k uint32
+}
+
+func (w lazyWhere) String() string {
+	return fmt.Sprintf("slot %d (offset %d)", w.k, w.a.Geometry.SlotOffset(w.k))
 }
 
 // Check diagnoses every inconsistency Linux would trip over.
 func Check(a *Area, o CheckOptions) []Problem {
 	var out []Problem
-	add := func(sev, code, where string, slot int64, rep bool, format string, args ...any) {
-		out = append(out, Problem{Severity: sev, Code: code, Where: where, Slot: slot, Repairable: rep, Message: fmt.Sprintf(format, args...)})
+	add := func(sev, code string, where fmt.Stringer, slot int64, rep bool, format string, args ...any) {
+		out = append(out, Problem{Severity: sev, Code: code, Where: where.String(), Slot: slot, Repairable: rep, Message: fmt.Sprintf(format, args...)})
 	}
 	if !a.Labelled {
 		if a.Blank() {
-			add(SevInfo, CodeUnlabelled, "area", -1, false, "area is blank: no index blocks (run label init; Linux treats the DIMM as unlabelled)")
+			add(SevInfo, CodeUnlabelled, where("area"), -1, false, "area is blank: no index blocks (run label init; Linux treats the DIMM as unlabelled)")
+		} else if a.onlyFirstIndexDirty() {
+			add(SevInfo, CodeUnlabelled, where("area"), -1, false, "no valid index block and nothing but a partial first index block (an interrupted init); Linux treats the DIMM as unlabelled: %v", errors.Join(a.Probe...))
 		} else {
-			add(SevError, CodeBothInvalid, "area", -1, false, "both index blocks are invalid, so Linux ignores every label: %v", errors.Join(a.Probe...))
+			add(SevError, CodeBothInvalid, where("area"), -1, false, "both index blocks are invalid, so Linux ignores every label: %v", errors.Join(a.Probe...))
 		}
 		return out
 	}
 	g := a.Geometry
 	c := a.Current
 	if b := a.Blocks[1-c]; b.Err != nil {
-		add(SevInfo, CodeStagingInvalid, fmt.Sprintf("index block %d (offset %d)", 1-c, b.Offset), -1, true,
+		add(SevInfo, CodeStagingInvalid, where(fmt.Sprintf("index block %d (offset %d)", 1-c, b.Offset)), -1, true,
 			"staging block invalid (%v); block %d is current, so this is the leftover of an interrupted update", b.Err, c)
 	}
 	cur := a.CurrentIndex()
 	if cur.NSlot != g.NSlot {
-		add(SevWarning, CodeIndexNSlot, fmt.Sprintf("index block %d (offset %d)", c, a.Blocks[c].Offset), -1, false,
+		add(SevWarning, CodeIndexNSlot, where(fmt.Sprintf("index block %d (offset %d)", c, a.Blocks[c].Offset)), -1, false,
 			"nslot %d, but a %d-byte area holds %d %d-byte labels", cur.NSlot, g.AreaSize, g.NSlot, g.LabelSize)
 	}
 	v := a.Version()
@@ -111,7 +123,7 @@ func Check(a *Area, o CheckOptions) []Problem {
 	var valid []owner
 	seen := map[[2]uint64]uint32{} // uuid half-hash + position -> slot
 	for _, s := range a.LiveSlots() {
-		w := slotWhere(a, s.Slot)
+		w := lazyWhere{a, s.Slot}
 		k := int64(s.Slot)
 		l := &s.Label
 		if s.Err != nil {
@@ -169,7 +181,7 @@ func Check(a *Area, o CheckOptions) []Problem {
 	for i := 1; i < len(valid); i++ {
 		p, q := valid[i-1], valid[i]
 		if p.uuid != q.uuid && q.ext.Start < p.ext.Start+p.ext.Size {
-			add(SevError, CodeOverlap, slotWhere(a, q.slot), int64(q.slot), false,
+			add(SevError, CodeOverlap, lazyWhere{a, q.slot}, int64(q.slot), false,
 				"dpa range [%#x, %#x) overlaps slot %d [%#x, %#x) of another namespace",
 				q.ext.Start, q.ext.Start+q.ext.Size, p.slot, p.ext.Start, p.ext.Start+p.ext.Size)
 		}
@@ -255,4 +267,22 @@ func (e *Editor) Repair(o CheckOptions) (RepairReport, error) {
 	}
 	r.Remaining = Check(e.area, o)
 	return r, nil
+}
+
+// onlyFirstIndexDirty reports whether every non-zero byte lies inside
+// index block 0 of one of the geometries: what a torn init leaves.
+func (a *Area) onlyFirstIndexDirty() bool {
+	last := -1
+	for i := len(a.raw) - 1; i >= 0; i-- {
+		if a.raw[i] != 0 {
+			last = i
+			break
+		}
+	}
+	for _, z := range []int{LabelSizeV11, LabelSizeV12} {
+		if g, err := NewGeometry(a.Size, z); err == nil && int64(last) < g.IndexSize {
+			return true
+		}
+	}
+	return false
 }

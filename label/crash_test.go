@@ -1,0 +1,228 @@
+package label
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"testing"
+)
+
+var errCrash = errors.New("injected crash")
+
+// faultDev persists writes until write number crashAt (0-based); that
+// write persists only the 512-byte sectors in mask (bit i = i-th sector
+// the write touches, aligned to absolute offsets) and fails, and so does
+// every later write.
+type faultDev struct {
+	memDev
+	n, crashAt int
+	mask       uint64
+	crashed    bool
+	sectors    []int // sectors touched by each write, recorded
+}
+
+func sectorSpan(off int64, n int) (first int64, count int) {
+	first = off / 512
+	last := (off + int64(n) - 1) / 512
+	return first, int(last - first + 1)
+}
+
+func (f *faultDev) WriteAt(p []byte, off int64) (int, error) {
+	if f.crashed {
+		return 0, errCrash
+	}
+	first, count := sectorSpan(off, len(p))
+	f.sectors = append(f.sectors, count)
+	if f.n != f.crashAt {
+		f.n++
+		return f.memDev.WriteAt(p, off)
+	}
+	f.crashed = true
+	for i := 0; i < count; i++ {
+		if f.mask&(1<<i) == 0 {
+			continue
+		}
+		lo := max((first+int64(i))*512, off)
+		hi := min((first+int64(i)+1)*512, off+int64(len(p)))
+		if _, err := f.memDev.WriteAt(p[lo-off:hi-off], lo); err != nil {
+			return 0, err
+		}
+	}
+	return 0, errCrash
+}
+
+// stateOf summarises what Linux would see, ignoring slot numbers and
+// UPDATING flags (a committed UPDATING label is the new namespace).
+func stateOf(t *testing.T, b []byte) string {
+	t.Helper()
+	a, err := ParseBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.Labelled {
+		return "unlabelled"
+	}
+	var ns []string
+	for _, n := range a.Namespaces() {
+		l := n.Labels[0].Label
+		ns = append(ns, fmt.Sprintf("%s %q %s dpa=%d size=%d cookie=%#x", n.UUID, n.Name, n.Mode, l.DPA, n.Size, l.ISetCookie))
+	}
+	sort.Strings(ns)
+	return fmt.Sprintf("v%s %v", a.Version(), ns)
+}
+
+type editOp struct {
+	name string
+	run  func(e *Editor) error
+}
+
+// crashAll runs op from the image start with a crash injected at every
+// write and every torn-sector pattern of that write, and checks that
+// the result is the old or the new state and that Check finds it clean.
+func crashAll(t *testing.T, start []byte, op editOp, o CheckOptions) {
+	t.Helper()
+	// The uncrashed run gives the new state and the write count.
+	full := &faultDev{memDev: memDev{b: append([]byte(nil), start...)}, crashAt: -1}
+	e, err := NewEditor(full, int64(len(start)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := op.run(e); err != nil {
+		t.Fatalf("%s: %v", op.name, err)
+	}
+	oldS, newS := stateOf(t, start), stateOf(t, full.b)
+	if oldS == newS {
+		t.Fatalf("%s: did not change the state (%s)", op.name, oldS)
+	}
+	points := 0
+	for w := 0; w < full.n; w++ {
+		count := full.sectors[w]
+		masks := []uint64{0}
+		if count <= 8 {
+			for m := uint64(1); m < 1<<count-1; m++ {
+				masks = append(masks, m)
+			}
+		} else {
+			for i := 1; i < count; i++ {
+				masks = append(masks, 1<<i-1)
+			}
+		}
+		for _, m := range masks {
+			points++
+			d := &faultDev{memDev: memDev{b: append([]byte(nil), start...)}, crashAt: w, mask: m}
+			e, err := NewEditor(d, int64(len(start)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := op.run(e); !errors.Is(err, errCrash) {
+				t.Fatalf("%s crash at write %d mask %b: err %v, want the injected crash", op.name, w, m, err)
+			}
+			got := stateOf(t, d.b)
+			if got != oldS && got != newS {
+				t.Fatalf("%s crash at write %d mask %b: state %s\n old %s\n new %s", op.name, w, m, got, oldS, newS)
+			}
+			a, _ := ParseBytes(d.b)
+			if probs := Check(a, o); !Clean(probs) {
+				t.Fatalf("%s crash at write %d mask %b: check not clean: %v", op.name, w, m, probs)
+			}
+		}
+	}
+	// The last point: every write done.
+	if a, _ := ParseBytes(full.b); !Clean(Check(a, o)) {
+		t.Fatalf("%s: final state not clean: %v", op.name, Check(a, o))
+	}
+	t.Logf("%s: %d writes, %d crash points", op.name, full.n, points)
+}
+
+func mustUUID(s string) UUID {
+	u, err := ParseUUID(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+var (
+	uuidA = mustUUID("11111111-2222-4333-8444-555555555555")
+	uuidB = mustUUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+)
+
+// TestCrashEveryWrite enumerates every crash point of init, create,
+// destroy, rename and retarget for both versions and two area sizes.
+func TestCrashEveryWrite(t *testing.T) {
+	const dimm = 512 << 20
+	o := CheckOptions{Cookies: &slot0Cookies, DIMMSize: dimm}
+	for _, v := range []Version{V11, V12} {
+		for _, size := range []int{128 << 10, 1 << 20} {
+			t.Run(fmt.Sprintf("v%s-%dK", v, size>>10), func(t *testing.T) {
+				blank := make([]byte, size)
+				crashAll(t, blank, editOp{"init", func(e *Editor) error { return e.Init(InitOptions{Version: v}) }}, o)
+
+				// A populated area: init, then namespaces A and B, so the
+				// sequence numbers have wrapped.
+				d := &memDev{b: make([]byte, size)}
+				e, _ := NewEditor(d, int64(size))
+				if err := e.Init(InitOptions{Version: v}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := e.Create(NamespaceSpec{UUID: uuidA, Name: "a", Size: 64 << 20, Mode: ModeFSDAX, DIMMSize: dimm, Cookies: slot0Cookies}); err != nil {
+					t.Fatal(err)
+				}
+				one := append([]byte(nil), d.b...)
+				spec := NamespaceSpec{UUID: uuidB, Name: "b", Size: 128 << 20, Mode: ModeDevDAX, DIMMSize: dimm, Cookies: slot0Cookies}
+				crashAll(t, one, editOp{"create", func(e *Editor) error { _, err := e.Create(spec); return err }}, o)
+				if _, err := e.Create(spec); err != nil {
+					t.Fatal(err)
+				}
+				two := append([]byte(nil), d.b...)
+				crashAll(t, two, editOp{"destroy", func(e *Editor) error { return e.Destroy(uuidA) }}, o)
+				crashAll(t, two, editOp{"rename", func(e *Editor) error { return e.Rename(uuidB, "renamed") }}, o)
+				crashAll(t, two, editOp{"reinit", func(e *Editor) error { return e.Init(InitOptions{Version: v, Force: true}) }}, o)
+				o1 := CheckOptions{Cookies: &slot1Cookies, DIMMSize: dimm}
+				// Retarget to slot 1: the old state is clean for slot 0, the
+				// new for slot 1; check each crash state against its own.
+				crashRetarget(t, two, o, o1)
+			})
+		}
+	}
+}
+
+func crashRetarget(t *testing.T, start []byte, o0, o1 CheckOptions) {
+	full := &faultDev{memDev: memDev{b: append([]byte(nil), start...)}, crashAt: -1}
+	e, _ := NewEditor(full, int64(len(start)))
+	if n, err := e.Retarget(slot1Cookies); err != nil || n != 2 {
+		t.Fatalf("retarget: %d, %v", n, err)
+	}
+	for w := 0; w < full.n; w++ {
+		for _, m := range []uint64{0, 1} {
+			d := &faultDev{memDev: memDev{b: append([]byte(nil), start...)}, crashAt: w, mask: m}
+			e, _ := NewEditor(d, int64(len(start)))
+			if _, err := e.Retarget(slot1Cookies); !errors.Is(err, errCrash) {
+				t.Fatalf("retarget crash %d: %v", w, err)
+			}
+			a, _ := ParseBytes(d.b)
+			// Each namespace is wholly old or wholly new.
+			for _, ns := range a.Namespaces() {
+				c := ns.Labels[0].Label.ISetCookie
+				if c != slot0Cookies.For(a.Version()) && c != slot1Cookies.For(a.Version()) {
+					t.Fatalf("retarget crash %d: cookie %#x", w, c)
+				}
+			}
+			if len(a.Namespaces()) != 2 {
+				t.Fatalf("retarget crash %d: %d namespaces", w, len(a.Namespaces()))
+			}
+		}
+	}
+	a, _ := ParseBytes(full.b)
+	if !Clean(Check(a, o1)) || Clean(Check(a, o0)) {
+		t.Fatalf("after retarget: slot1 %v / slot0 %v", Check(a, o1), Check(a, o0))
+	}
+}
+
+func TestStateOfStable(t *testing.T) {
+	a := stateOf(t, make([]byte, 4096))
+	if !reflect.DeepEqual(a, "unlabelled") {
+		t.Fatal(a)
+	}
+}
