@@ -9,8 +9,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // wireQMP is a fake QEMU QMP server on a Unix socket, speaking the real
@@ -27,6 +29,9 @@ type wireQMP struct {
 	conns []net.Conn
 	// refuse maps a command to an error description.
 	refuse map[string]string
+	// memdevs is the query-memory-devices reply (JSON); "" replies {}.
+	// +checklocks:mu
+	memdevs string
 }
 
 func newWireQMP(t *testing.T) *wireQMP {
@@ -61,6 +66,17 @@ func (w *wireQMP) hangUp() {
 	}
 }
 
+// event sends an event to every connected client, keeping them open.
+func (w *wireQMP) event(name string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.conns {
+		b, _ := json.Marshal(map[string]any{"event": name, "data": map[string]any{"guest": true, "reason": "guest-shutdown"},
+			"timestamp": map[string]any{"seconds": 1, "microseconds": 0}})
+		c.Write(append(b, '\n'))
+	}
+}
+
 func (w *wireQMP) commands() []map[string]any {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -84,10 +100,13 @@ func (w *wireQMP) serve(c net.Conn) {
 		cmd, _ := m["execute"].(string)
 		w.mu.Lock()
 		w.cmds = append(w.cmds, m)
+		memdevs := w.memdevs
 		w.mu.Unlock()
 		reply := map[string]any{"id": m["id"]}
 		if desc, ok := w.refuse[cmd]; ok {
 			reply["error"] = map[string]any{"class": "GenericError", "desc": desc}
+		} else if cmd == "query-memory-devices" && memdevs != "" {
+			reply["return"] = json.RawMessage(memdevs)
 		} else if cmd == "qom-get" {
 			reply["return"] = "vhost-user-test-device-pci"
 		} else {
@@ -233,4 +252,42 @@ func asQEMU(err error, qe **QEMUError) bool {
 		e = u.Unwrap()
 	}
 	return false
+}
+
+// A SHUTDOWN event (QEMU run with -no-shutdown keeps the socket open)
+// releases the VM's devices through the production qmp/ adapter.
+func TestShutdownEventReleases(t *testing.T) {
+	w := newWireQMP(t)
+	stateDir := t.TempDir()
+	d, err := New(Config{StateDir: stateDir, Backings: fileBackings{}, DialQMP: DialQMP,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	ctx := context.Background()
+	dv, err := d.Create(ctx, CreateRequest{Name: "pm0", Backing: DefaultBackingDir(stateDir) + "/pm0.img", Size: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The wire fake answers query-memory-devices with {}, which is not a
+	// list: the attach must fail cleanly and roll back.
+	if _, err := d.Attach(ctx, "pm0", AttachRequest{QMP: w.path, As: KindNVDIMM}); err == nil || !strings.Contains(err.Error(), "query-memory-devices reply") {
+		t.Fatalf("attach with a bad confirmation reply: %v", err)
+	}
+	assertUnlocked(t, dv.Backing)
+	w.mu.Lock()
+	w.memdevs = `[{"type":"nvdimm","data":{"id":"nvb-dev-pm0","addr":4294967296,"size":16777216,"memdev":"/objects/nvb-mem-pm0","slot":0,"node":0,"hotplugged":true,"hotpluggable":true}}]`
+	w.mu.Unlock()
+	if _, err := d.Attach(ctx, "pm0", AttachRequest{QMP: w.path, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	w.event("RESET") // other events change nothing
+	time.Sleep(50 * time.Millisecond)
+	if g, _ := d.Get("pm0"); g.Attached == nil {
+		t.Fatal("released on RESET")
+	}
+	w.event("SHUTDOWN")
+	waitFor(t, func() bool { g, _ := d.Get("pm0"); return g.Attached == nil })
+	assertUnlocked(t, dv.Backing)
 }
