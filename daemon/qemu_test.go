@@ -306,3 +306,75 @@ func assertMemfileUnlocked(t *testing.T, p string) {
 	}
 	l.Close()
 }
+
+// QEMU 10.0 has no user-creatable vhost-user-test-device-pci: the
+// chardev-add is accepted (QEMU connects to the daemon's socket), the
+// device_add refused, and the rollback removes the chardev and stops the
+// server.
+func TestQEMUVhostUserRefusedOn10(t *testing.T) {
+	vm := startRealQEMU(t, "q35,nvdimm=on", "512M,slots=4,maxmem=4G")
+	vctx, vcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer vcancel()
+	ver, err := vm.mon.QueryVersion(vctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ver.QEMU.AtLeast(10, 2) {
+		t.Skipf("QEMU %s has vhost-user-test-device-pci; this test covers older QEMU", ver.QEMU)
+	}
+	stateDir := t.TempDir()
+	closed := make(chan struct{}, 1)
+	d, err := New(Config{
+		StateDir: stateDir, Backings: MemfileBackings{}, DialQMP: DialQMP,
+		VhostUser: func(dev Device, sock string) (VhostUserServer, error) {
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				return nil, err
+			}
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() { io.Copy(io.Discard, c); c.Close() }()
+				}
+			}()
+			return closeNotify{ln, closed}, nil
+		},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dv, err := d.Create(ctx, CreateRequest{Name: "vu0", Backing: DefaultBackingDir(stateDir) + "/vu0.img", Size: 32 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Attach(ctx, "vu0", AttachRequest{QMP: vm.daemonQMP, As: KindVhostUser})
+	var qe *QEMUError
+	if !errors.As(err, &qe) || qe.Command != "device_add" {
+		t.Fatalf("attach: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	var chardevs []struct {
+		Label string `json:"label"`
+	}
+	if err := vm.mon.Execute(ctx, "query-chardev", nil, &chardevs); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chardevs {
+		if strings.HasPrefix(c.Label, "nvb-") {
+			t.Fatalf("chardev %s left in QEMU", c.Label)
+		}
+	}
+	select {
+	case <-closed:
+	default:
+		t.Fatal("vhost-user server not stopped")
+	}
+	assertMemfileUnlocked(t, dv.Backing)
+}
