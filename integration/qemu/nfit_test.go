@@ -331,6 +331,14 @@ func runNFITCase(t *testing.T, tc nfitCase) {
 		if strings.TrimSpace(string(rc)) != "ok" {
 			t.Errorf("nfit dump in the guest failed:\n%s", out)
 		}
+		// The dump shows the cookies Linux derives: the guest's set_cookie
+		// values must be among them.
+		for _, r := range topo.Regions {
+			v, _ := strconv.ParseUint(r.SetCookie, 0, 64)
+			if !strings.Contains(strings.ToLower(string(out)), fmt.Sprintf("%#x", v)) && !strings.Contains(strings.ToLower(string(out)), fmt.Sprintf("%#016x", v)) {
+				t.Errorf("in-guest nfit dump does not show %s's set_cookie %s:\n%s", r.Region, r.SetCookie, out)
+			}
+		}
 	}
 	if hasVerb(t, "nfit", "build") {
 		checkNFITBuild(t, dir, topo, tbl)
@@ -351,8 +359,8 @@ func checkNFITBuild(t *testing.T, dir string, topo Topology, guest []byte) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "built.bin")
-	if _, stderr, err := hostTry(t, "nfit", "build", "--topology", topoPath, "-o", out); err != nil {
-		t.Errorf("nfit build --topology %s: %v: %s", topoPath, err, stderr)
+	if _, stderr, err := hostTry(t, "nfit", "build", "--qemu-topology", topoPath, "-o", out); err != nil {
+		t.Errorf("nfit build --qemu-topology %s: %v: %s", topoPath, err, stderr)
 		return
 	}
 	built, err := os.ReadFile(out)
