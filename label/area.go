@@ -1,7 +1,6 @@
 package label
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -351,6 +350,3 @@ var ErrNotFound = errors.New("namespace not found")
 
 // ErrUnlabelled means the area has no valid index block.
 var ErrUnlabelled = errors.New("label area has no valid index block (run label init)")
-
-// zeroSlot reports whether raw is all zero.
-func zeroSlot(raw []byte) bool { return len(bytes.Trim(raw, "\x00")) == 0 }
