@@ -98,7 +98,7 @@ func (n *NFIT) Validate() []Problem {
 				add(SeverityWarning, i, "Range Length", "SPA range %d has length 0", v.Index)
 			}
 			if v.Base+v.Length < v.Base {
-				add(SeverityError, i, "Range Length", "SPA range %d: base %#x + length %#x wraps", v.Index, v.Base, v.Length)
+				add(SeverityWarning, i, "Range Length", "SPA range %d: base %#x + length %#x wraps past the 64-bit address space", v.Index, v.Base, v.Length)
 			}
 		}
 	}
