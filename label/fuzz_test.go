@@ -23,7 +23,7 @@ func FuzzParseArea(f *testing.F) {
 	}
 	f.Add(make([]byte, MinAreaSize))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if len(b) > 1<<20 {
+		if len(b) > 16<<10 {
 			return
 		}
 		a, err := ParseBytes(b)
