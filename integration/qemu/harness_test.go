@@ -102,10 +102,15 @@ var (
 )
 
 // ourBinary builds a static nvdimm-backend once per test process; the same
-// binary runs on the host and inside guests.
+// binary runs on the host and inside guests. NVDIMM_BIN names a prebuilt
+// static binary to use instead.
 func ourBinary(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
+		if p := os.Getenv("NVDIMM_BIN"); p != "" {
+			binPath, binErr = filepath.Abs(p)
+			return
+		}
 		root, err := repoRoot()
 		if err != nil {
 			binErr = err

@@ -21,6 +21,7 @@ type guestLabelCase struct {
 	script  string
 	// live namespaces (name -> mode) after the script; destroyed ones are absent
 	live map[string]string
+	dead []string // destroyed namespaces: the host must not list them
 }
 
 const labelSize = 128 << 10
@@ -54,11 +55,13 @@ test -n "$dev"
 ndctl destroy-namespace -f "$dev"
 `,
 		live: map[string]string{"keep": "fsdax"},
+		dead: []string{"gone"},
 	},
 }
 
 const labelReportScript = `
 ndctl list -NRDi > /host/ndctl-list.json
+ndctl list -NRDiv > /host/ndctl-list-v.json
 ndctl read-labels -j nmem0 > /host/read-labels-nmem0.json
 cat /sys/bus/nd/devices/region0/set_cookie > /host/set_cookie.txt
 `
@@ -68,9 +71,19 @@ type ndctlNamespace struct {
 	Dev     string `json:"dev"`
 	Mode    string `json:"mode"`
 	Size    uint64 `json:"size"`
-	UUID    string `json:"uuid"`
+	UUID    string `json:"uuid"`     // the info block's uuid for fsdax/devdax
+	RawUUID string `json:"raw_uuid"` // the label's uuid (ndctl list -v)
 	Name    string `json:"name"`
 	Chardev string `json:"chardev"`
+}
+
+// LabelUUID is the namespace uuid the labels carry: ndctl's "uuid" is the
+// PFN/DAX info block's for fsdax and devdax; "raw_uuid" (verbose) is the label's.
+func (ns ndctlNamespace) LabelUUID() string {
+	if ns.RawUUID != "" {
+		return ns.RawUUID
+	}
+	return ns.UUID
 }
 
 // ndctlNamespaces extracts the namespaces from `ndctl list -NRDi` output,
@@ -120,7 +133,7 @@ func TestGuestLabels(t *testing.T) {
 				NVDIMMs: []NVDIMM{{Path: back, LabelSize: labelSize, Slot: 0}},
 				Script:  tc.script + labelReportScript,
 			})
-			list, err := res.Read("ndctl-list.json")
+			list, err := res.Read("ndctl-list-v.json")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -138,7 +151,10 @@ func TestGuestLabels(t *testing.T) {
 			if v := indexVersion(area); v != tc.version {
 				t.Errorf("label index version %s, want %s", v, tc.version)
 			}
-			checkHostLabelView(t, back, nss)
+			for _, name := range tc.dead {
+				nss = append(nss, ndctlNamespace{Name: name, Mode: "destroyed"})
+			}
+			checkHostLabelView(t, back, nss, "--label-size", "128K", "--slot", "0")
 			if *capture {
 				writeLabelCapture(t, "guest-"+tc.name, area, res)
 			}
@@ -178,13 +194,13 @@ func indexVersion(area []byte) string {
 // checkHostLabelView runs `label list --json` and `label check` on the
 // powered-off backing once the label verbs exist: every namespace the guest
 // listed must appear there with its name, uuid and mode, and check is clean.
-func checkHostLabelView(t *testing.T, back string, nss []ndctlNamespace) {
+func checkHostLabelView(t *testing.T, back string, nss []ndctlNamespace, flags ...string) {
 	t.Helper()
 	if !hasVerb(t, "label", "list") {
 		t.Logf("label list not available yet: host view skipped")
 		return
 	}
-	out := host(t, "--json", "label", "list", back)
+	out := host(t, append([]string{"--json", "label", "list", back}, flags...)...)
 	var v any
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
 		t.Fatalf("label list --json: %v\n%s", err, out)
@@ -194,19 +210,25 @@ func checkHostLabelView(t *testing.T, back string, nss []ndctlNamespace) {
 			continue
 		}
 		obj := findObject(v, "name", ns.Name)
+		if ns.Mode == "destroyed" {
+			if obj != nil {
+				t.Errorf("label list shows namespace %q, which the guest destroyed: %v", ns.Name, obj)
+			}
+			continue
+		}
 		if obj == nil {
 			t.Errorf("label list: no namespace named %q (guest: uuid %s, mode %s)\n%s", ns.Name, ns.UUID, ns.Mode, out)
 			continue
 		}
-		if !strings.Contains(strings.ToLower(fmt.Sprint(obj)), strings.ToLower(ns.UUID)) {
-			t.Errorf("label list: namespace %q lacks the guest's uuid %s: %v", ns.Name, ns.UUID, obj)
+		if !strings.Contains(strings.ToLower(fmt.Sprint(obj)), strings.ToLower(ns.LabelUUID())) {
+			t.Errorf("label list: namespace %q lacks the guest's uuid %s: %v", ns.Name, ns.LabelUUID(), obj)
 		}
 		if m, ok := obj["mode"].(string); ok && m != ns.Mode {
 			t.Errorf("label list: namespace %q mode %q, guest says %q", ns.Name, m, ns.Mode)
 		}
 	}
 	if hasVerb(t, "label", "check") {
-		if o, e, err := hostTry(t, "label", "check", back); err != nil {
+		if o, e, err := hostTry(t, append([]string{"label", "check", back}, flags...)...); err != nil {
 			t.Errorf("label check on a guest-written area: %v\n%s%s", err, o, e)
 		}
 	}
@@ -247,7 +269,7 @@ func writeLabelCapture(t *testing.T, name string, area []byte, res *Result) {
 	if err := os.WriteFile(filepath.Join(dst, "label.bin"), area, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"ndctl-list.json", "read-labels-nmem0.json", "set_cookie.txt"} {
+	for _, f := range []string{"ndctl-list.json", "ndctl-list-v.json", "read-labels-nmem0.json", "set_cookie.txt"} {
 		b, err := res.Read(f)
 		if err != nil {
 			t.Fatal(err)
