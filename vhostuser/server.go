@@ -778,8 +778,9 @@ func (s *session) getInflightFd(p InflightPayload) ([]byte, []int, error) {
 	}
 	unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL)
 	if err := s.installInflight(fd, size, 0, p.QueueSize); err != nil {
-		unix.Close(fd)
-		return fail(err)
+		// A started ring keeps its area; the front-end installs the new
+		// one with SET_INFLIGHT_FD at its next start.
+		s.log.Debug("GET_INFLIGHT_FD: area not installed now", "err", err)
 	}
 	b, _ := InflightPayload{MmapSize: size, MmapOffset: 0, NumQueues: p.NumQueues, QueueSize: p.QueueSize}.MarshalBinary()
 	return b, []int{fd}, nil

@@ -224,7 +224,10 @@ func (f *Frontend) Ack(rt vhostuser.RequestType, payload []byte, fds []int) erro
 func U64(v uint64) []byte { b, _ := vhostuser.U64{Value: v}.MarshalBinary(); return b }
 
 // State encodes a vring state payload.
-func State(i, n uint32) []byte { b, _ := vhostuser.VringState{Index: i, Num: n}.MarshalBinary(); return b }
+func State(i, n uint32) []byte {
+	b, _ := vhostuser.VringState{Index: i, Num: n}.MarshalBinary()
+	return b
+}
 
 // AddRegion creates a guest region (not yet sent).
 func (f *Frontend) AddRegion(gpa, size uint64) (*Region, error) {
@@ -328,7 +331,6 @@ func (f *Frontend) NewVring(index uint32, size uint16, gpa uint64) (*Vring, erro
 	if _, err := f.find(gpa, v.Used+6+8*uint64(size)+8-gpa); err != nil {
 		return nil, err
 	}
-	clear(f.Mem(gpa, v.Used+6+8*uint64(size)-gpa))
 	var err error
 	for _, p := range []*int{&v.Kick, &v.Call, &v.Err} {
 		if *p, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
@@ -347,6 +349,8 @@ func (v *Vring) Close() {
 
 // Setup sends QEMU's start sequence for the ring: SET_VRING_NUM, BASE,
 // ADDR, KICK, CALL, ERR (each acked) and, with enable, SET_VRING_ENABLE(1).
+// The driver-side indices are taken from guest memory, so a ring can be
+// set up again after a reconnect.
 func (v *Vring) Setup(base uint16, enable bool) error {
 	f := v.f
 	if err := f.Ack(vhostuser.ReqSetVringNum, State(v.Index, uint32(v.Size)), nil); err != nil {
@@ -355,7 +359,7 @@ func (v *Vring) Setup(base uint16, enable bool) error {
 	if err := f.Ack(vhostuser.ReqSetVringBase, State(v.Index, uint32(base)), nil); err != nil {
 		return err
 	}
-	v.availIdx = base
+	v.availIdx = le.Uint16(f.Mem(v.Avail+2, 2))
 	v.lastUsed = le.Uint16(f.Mem(v.Used+2, 2))
 	a, _ := vhostuser.VringAddr{Index: v.Index, Desc: v.Desc + UserOffset, Used: v.Used + UserOffset, Avail: v.Avail + UserOffset}.MarshalBinary()
 	if err := f.Ack(vhostuser.ReqSetVringAddr, a, nil); err != nil {
@@ -490,3 +494,162 @@ func (v *Vring) WaitUsed(n int, timeout time.Duration) ([]Used, error) {
 		WaitEvent(v.Call, time.Millisecond)
 	}
 }
+
+// Negotiated is what Realize learned.
+type Negotiated struct {
+	Features uint64
+	Protocol uint64 // acked protocol features
+	QueueNum uint64
+	MemSlots uint64
+	Shmem    vhostuser.ShmemConfig
+	HasShmem bool
+	Messages []vhostuser.RequestType // in the order sent
+}
+
+// Realize runs QEMU's device-realize sequence (reference order):
+// GET_FEATURES, GET/SET_PROTOCOL_FEATURES (offered & want),
+// [GET_QUEUE_NUM], [GET_MAX_MEM_SLOTS], [SET_BACKEND_REQ_FD], SET_OWNER,
+// GET_FEATURES, SET_VRING_CALL and SET_VRING_ERR per queue (with
+// throw-away eventfds) and, with the shared-memory feature,
+// GET_SHMEM_CONFIG.
+func (f *Frontend) Realize(want uint64, nvqs int) (Negotiated, error) {
+	var n Negotiated
+	var err error
+	log := func(rt vhostuser.RequestType) { n.Messages = append(n.Messages, rt) }
+	log(vhostuser.ReqGetFeatures)
+	if n.Features, err = f.GetU64(vhostuser.ReqGetFeatures); err != nil {
+		return n, err
+	}
+	if n.Features&vhostuser.FeatureProtocolFeatures == 0 {
+		return n, errors.New("back-end does not offer VHOST_USER_F_PROTOCOL_FEATURES")
+	}
+	log(vhostuser.ReqGetProtocolFeatures)
+	offered, err := f.GetU64(vhostuser.ReqGetProtocolFeatures)
+	if err != nil {
+		return n, err
+	}
+	n.Protocol = offered & want
+	log(vhostuser.ReqSetProtocolFeatures)
+	if err := f.Send(vhostuser.ReqSetProtocolFeatures, false, U64(n.Protocol), nil); err != nil {
+		return n, err
+	}
+	if n.Protocol&vhostuser.ProtoMQ != 0 {
+		log(vhostuser.ReqGetQueueNum)
+		if n.QueueNum, err = f.GetU64(vhostuser.ReqGetQueueNum); err != nil {
+			return n, err
+		}
+	}
+	if n.Protocol&vhostuser.ProtoConfigureMemSlots != 0 {
+		log(vhostuser.ReqGetMaxMemSlots)
+		if n.MemSlots, err = f.GetU64(vhostuser.ReqGetMaxMemSlots); err != nil {
+			return n, err
+		}
+	}
+	if n.Protocol&vhostuser.ProtoBackendReq != 0 {
+		log(vhostuser.ReqSetBackendReqFd)
+		if err := f.SetBackendReqFd(); err != nil {
+			return n, err
+		}
+	}
+	log(vhostuser.ReqSetOwner)
+	if err := f.Ack(vhostuser.ReqSetOwner, nil, nil); err != nil {
+		return n, err
+	}
+	log(vhostuser.ReqGetFeatures)
+	if _, err := f.GetU64(vhostuser.ReqGetFeatures); err != nil {
+		return n, err
+	}
+	for i := 0; i < nvqs; i++ {
+		for _, rt := range []vhostuser.RequestType{vhostuser.ReqSetVringCall, vhostuser.ReqSetVringErr} {
+			efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+			if err != nil {
+				return n, err
+			}
+			log(rt)
+			err = f.Ack(rt, U64(uint64(i)), []int{efd})
+			unix.Close(efd)
+			if err != nil {
+				return n, err
+			}
+		}
+	}
+	if n.Protocol&vhostuser.ProtoShmem != 0 {
+		log(vhostuser.ReqGetShmemConfig)
+		p, _, err := f.Call(vhostuser.ReqGetShmemConfig, false, nil, nil)
+		if err != nil {
+			return n, err
+		}
+		if err := n.Shmem.UnmarshalBinary(p); err != nil {
+			return n, err
+		}
+		n.HasShmem = true
+	}
+	return n, nil
+}
+
+// ShmemMapMsg is one SHMEM_MAP (or UNMAP) the back-end sent.
+type ShmemMapMsg struct {
+	Header vhostuser.Header
+	Req    vhostuser.ShmemMapReq
+	Fds    []int
+}
+
+// ReadBackendRequest reads one request from the back-end channel and,
+// when it asks for one, answers ack (0 = success).
+func (f *Frontend) ReadBackendRequest(ack uint64) (ShmemMapMsg, error) {
+	var m ShmemMapMsg
+	if f.Backend == nil {
+		return m, errors.New("no back-end channel")
+	}
+	h, p, fds, err := ReadReply(f.Backend, f.Timeout)
+	if err != nil {
+		return m, err
+	}
+	m.Header, m.Fds = h, fds
+	if err := m.Req.UnmarshalBinary(p); err != nil {
+		return m, err
+	}
+	if h.NeedReply() {
+		rh, _ := vhostuser.Header{Request: h.Request, Flags: vhostuser.ReplyFlags, Size: 8}.MarshalBinary()
+		if _, err := f.Backend.Write(append(rh, U64(ack)...)); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// Write copies data into guest memory at gpa, across regions.
+func (f *Frontend) Write(gpa uint64, data []byte) error {
+	return f.each(gpa, uint64(len(data)), func(b []byte, off uint64) { copy(b, data[off:]) })
+}
+
+// Read copies n bytes of guest memory at gpa, across regions.
+func (f *Frontend) Read(gpa, n uint64) ([]byte, error) {
+	out := make([]byte, n)
+	err := f.each(gpa, n, func(b []byte, off uint64) { copy(out[off:], b) })
+	return out, err
+}
+
+func (f *Frontend) each(gpa, n uint64, fn func(b []byte, off uint64)) error {
+	var done uint64
+	for done < n {
+		var r *Region
+		for _, x := range f.Regions {
+			if gpa+done >= x.GPA && gpa+done < x.GPA+x.Size {
+				r = x
+			}
+		}
+		if r == nil {
+			return fmt.Errorf("gpa %#x outside the fake guest memory", gpa+done)
+		}
+		off := gpa + done - r.GPA
+		k := min(n-done, r.Size-off)
+		fn(r.Mem[off:off+k], done)
+		done += k
+	}
+	return nil
+}
+
+// Rebind moves the ring to another front-end connection (a reconnect to
+// a restarted back-end with the same guest memory).
+func (v *Vring) Rebind(f *Frontend) { v.f = f }
