@@ -279,7 +279,8 @@ func parseMarkers(res *Result) {
 }
 
 type lockedBuffer struct {
-	mu  sync.Mutex
+	mu sync.Mutex
+	// +checklocks:mu
 	buf bytes.Buffer
 }
 

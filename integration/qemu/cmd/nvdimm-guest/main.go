@@ -58,7 +58,11 @@ func main() {
 	if *console {
 		vm.Console = os.Stdout
 	} else {
-		vm.Console = &scriptLines{w: os.Stdout, prefix: *prefix}
+		sl := &scriptLines{}
+		sl.mu.Lock()
+		sl.w, sl.prefix = os.Stdout, *prefix
+		sl.mu.Unlock()
+		vm.Console = sl
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -78,11 +82,15 @@ func main() {
 // scriptLines copies only the script's output (between the begin and exit
 // markers) to w, line by line, with a prefix; `+ ` trace lines are kept.
 type scriptLines struct {
-	mu     sync.Mutex
-	w      io.Writer
+	mu sync.Mutex
+	// +checklocks:mu
+	w io.Writer
+	// +checklocks:mu
 	prefix string
-	buf    bytes.Buffer
-	on     bool
+	// +checklocks:mu
+	buf bytes.Buffer
+	// +checklocks:mu
+	on bool
 }
 
 func (s *scriptLines) Write(p []byte) (int, error) {
