@@ -36,8 +36,11 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the daemon: device registry, control API, attach flows, vhost-user servers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			reg := daemon.NewRegistry()
 			d, err := daemon.New(daemon.Config{
 				StateDir: stateDir, BackingDirs: backingDirs,
+				Registry:  reg,
+				VhostUser: daemon.PMemVhostUser(reg, slog.Default()),
 				Backings: daemon.MemfileBackings{Provision: func(b *memfile.Backing, ns, mode string, slot int) error {
 					if provisionNamespace == nil {
 						return errors.New("namespace labels are not supported by this build")

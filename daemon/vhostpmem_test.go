@@ -1,0 +1,94 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nvdimm-backend/nvdimm-backend/memfile"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/frontend"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/pmem"
+)
+
+func TestPMemVhostUserServer(t *testing.T) {
+	dir := t.TempDir()
+	backing := filepath.Join(dir, "vu0.img")
+	b, err := memfile.Create(backing, memfile.CreateOptions{Size: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	reg := NewRegistry()
+	factory := PMemVhostUser(reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	sock := filepath.Join(dir, "vu0.sock")
+	dev := Device{Name: "vu0", Backing: backing, Size: 4 << 20}
+	srv, err := factory(dev, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %v %v", fi, err)
+	}
+	fe, err := frontend.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feats, err := fe.GetU64(vhostuser.ReqGetFeatures)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if feats&vhostuser.FeatureVersion1 == 0 || feats&pmem.FeatureShmemRegion == 0 {
+		t.Fatalf("features %#x lack VERSION_1 or SHMEM_REGION", feats)
+	}
+	if n := seriesCount(t, reg, "nvdimm_backend_vhost_connections_total"); n != 1 {
+		t.Fatalf("connection metric series: %d", n)
+	}
+	ps := srv.(*pmemServer)
+	if err := ps.flusher.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fe.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+	if n := seriesCount(t, reg, "nvdimm_backend_vhost_connections_total"); n != 0 {
+		t.Fatalf("metrics not unregistered: %d series", n)
+	}
+	// A size QEMU cannot expose as a shared-memory region is refused.
+	dev.Size = 3 << 20
+	if _, err := factory(dev, sock); err == nil || !strings.Contains(err.Error(), "power of two") {
+		t.Fatalf("3 MiB region: %v", err)
+	}
+	dev.Size, dev.ReadOnly = 4<<20, true
+	if _, err := factory(dev, sock); err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("read-only: %v", err)
+	}
+}
+
+func seriesCount(t *testing.T, g prometheus.Gatherer, name string) int {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return len(mf.GetMetric())
+		}
+	}
+	return 0
+}
