@@ -319,6 +319,7 @@ type Vring struct {
 	Kick, Call, Err   int    // our eventfds
 	availIdx          uint16
 	lastUsed          uint16
+	callFile          *os.File // a pollable dup of Call
 }
 
 // NewVring lays a ring of size entries out at gpa (16-byte aligned) and
@@ -337,11 +338,17 @@ func (f *Frontend) NewVring(index uint32, size uint16, gpa uint64) (*Vring, erro
 			return nil, err
 		}
 	}
+	dup, err := unix.Dup(v.Call)
+	if err != nil {
+		return nil, err
+	}
+	v.callFile = os.NewFile(uintptr(dup), "call eventfd")
 	return v, nil
 }
 
 // Close closes the eventfds.
 func (v *Vring) Close() {
+	v.callFile.Close()
 	unix.Close(v.Kick)
 	unix.Close(v.Call)
 	unix.Close(v.Err)
@@ -491,8 +498,20 @@ func (v *Vring) WaitUsed(n int, timeout time.Duration) ([]Used, error) {
 		if time.Now().After(deadline) {
 			return out, fmt.Errorf("%d of %d used elements: %w", len(out), n, ErrTimeout)
 		}
-		WaitEvent(v.Call, time.Millisecond)
+		v.WaitCall(time.Millisecond)
 	}
+}
+
+// WaitCall waits for the call eventfd through Go's poller (a blocking
+// poll(2) would keep the only P from the back-end when GOMAXPROCS=1).
+func (v *Vring) WaitCall(timeout time.Duration) error {
+	v.callFile.SetReadDeadline(time.Now().Add(timeout))
+	var b [8]byte
+	_, err := v.callFile.Read(b[:])
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return ErrTimeout
+	}
+	return err
 }
 
 // Negotiated is what Realize learned.
@@ -653,3 +672,15 @@ func (f *Frontend) each(gpa, n uint64, fn func(b []byte, off uint64)) error {
 // Rebind moves the ring to another front-end connection (a reconnect to
 // a restarted back-end with the same guest memory).
 func (v *Vring) Rebind(f *Frontend) { v.f = f }
+
+// PublishNotify publishes heads and kicks only when the device asked for
+// it through avail_event (EVENT_IDX), as a Linux driver does.
+func (v *Vring) PublishNotify(heads ...uint16) error {
+	old := v.availIdx
+	v.Publish(heads...)
+	ev := v.AvailEvent()
+	if uint16(v.availIdx-ev-1) < uint16(v.availIdx-old) {
+		return v.Kicked()
+	}
+	return nil
+}
