@@ -86,13 +86,6 @@ func saveConsoleOnFailure(t *testing.T, name, console string) {
 	})
 }
 
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 var (
 	binOnce sync.Once

@@ -278,6 +278,15 @@ func buildKit(ctx context.Context, logf func(string, ...any)) (*Kit, error) {
 	}
 	kit.KVer = kver
 	logf("guest kit built in %s", time.Since(start).Round(time.Second))
+	// Kits for older package versions (and builds that died) are dead
+	// weight; we hold the lock, so nobody is using or building them.
+	if ents, err := os.ReadDir(kitsDir); err == nil {
+		for _, e := range ents {
+			if e.IsDir() && e.Name() != key && e.Name() != filepath.Base(tmp) {
+				os.RemoveAll(filepath.Join(kitsDir, e.Name())) //nolint:errcheck
+			}
+		}
+	}
 	return kit, nil
 }
 

@@ -1,0 +1,143 @@
+//go:build integration
+
+package qemu
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// Fast checks of the harness's own pieces (no guest needed).
+
+func TestParseMarkers(t *testing.T) {
+	cases := []struct {
+		console string
+		code    int
+		output  string
+	}{
+		{"boot noise\r\n" + markBegin + "\r\nhello\r\n" + markExit + "3@@\r\n" + markEnd + "\r\n", 3, "hello\n"},
+		{markBegin + "\n" + markExit + "0@@\n" + markEnd + "\n", 0, ""},
+		{markBegin + "\nhello\n", -1, ""},                         // no exit marker: crashed
+		{markBegin + "\n" + markExit + "0@@\n", -1, ""},           // no end marker: cut off
+		{"hello\n" + markExit + "0@@\n" + markEnd + "\n", -1, ""}, // no begin marker
+	}
+	for i, c := range cases {
+		r := &Result{ExitCode: -1, Console: c.console}
+		parseMarkers(r)
+		if r.ExitCode != c.code || (c.code >= 0 && r.Output != c.output) {
+			t.Errorf("case %d: exit %d output %q, want %d %q", i, r.ExitCode, r.Output, c.code, c.output)
+		}
+	}
+}
+
+// TestQEMUCookies checks the harness's cookie formula against the values
+// real guests reported (reference digest, confirmed in guests).
+func TestQEMUCookies(t *testing.T) {
+	want := map[int][2]uint64{0: {0x002468ac00123456, 0x00ba90120012b4dc}, 1: {0x002468ae00123457, 0x00ba901c0012b4dd}}
+	for slot, w := range want {
+		c1, c2 := qemuCookies(slot)
+		if c1 != w[0] || c2 != w[1] {
+			t.Errorf("slot %d: cookies %#x %#x, want %#x %#x", slot, c1, c2, w[0], w[1])
+		}
+	}
+}
+
+func TestParseNFITSPAsCaptured(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := os.ReadFile(filepath.Join(root, "acpi", "testdata", "qemu-four-dimm.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spas, err := parseNFITSPAs(tbl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handles []uint32
+	for _, s := range spas {
+		handles = append(handles, s.handle)
+		if s.index != uint16(s.handle*2) {
+			t.Errorf("SPA index %d for handle %d, want %d", s.index, s.handle, s.handle*2)
+		}
+	}
+	if len(handles) != 4 {
+		t.Fatalf("handles %v", handles)
+	}
+	// Corruptions are errors, never panics.
+	bad := append([]byte(nil), tbl...)
+	bad[9]++
+	if _, err := parseNFITSPAs(bad); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Errorf("bad checksum: %v", err)
+	}
+	if _, err := parseNFITSPAs(tbl[:100]); err == nil {
+		t.Error("truncated table accepted")
+	}
+}
+
+func FuzzParseNFITSPAs(f *testing.F) {
+	if root, err := repoRoot(); err == nil {
+		for _, n := range []string{"qemu-one-dimm.bin", "qemu-four-dimm.bin", "qemu-persistence-cpu.bin"} {
+			if b, err := os.ReadFile(filepath.Join(root, "acpi", "testdata", n)); err == nil {
+				f.Add(b)
+			}
+		}
+	}
+	f.Add([]byte("NFIT"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parseNFITSPAs(b) //nolint:errcheck // must not panic
+	})
+}
+
+func TestWriteCpio(t *testing.T) {
+	if _, err := exec.LookPath("cpio"); err != nil {
+		t.Skip("cpio not installed")
+	}
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "a", "b"), 0o755)                        //nolint:errcheck
+	os.WriteFile(filepath.Join(src, "a", "b", "f"), []byte("12345"), 0o644) //nolint:errcheck
+	os.WriteFile(filepath.Join(src, "init"), []byte("#!/bin/sh\n"), 0o755)  //nolint:errcheck
+	os.Symlink("a/b/f", filepath.Join(src, "link"))                         //nolint:errcheck
+	var buf bytes.Buffer
+	if err := writeCpio(&buf, src); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	cmd := exec.Command("cpio", "-idm", "--quiet")
+	cmd.Dir = dst
+	cmd.Stdin = &buf
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio -i: %v %s", err, out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "link")); string(b) != "12345" {
+		t.Errorf("through the symlink: %q", b)
+	}
+	if fi, err := os.Stat(filepath.Join(dst, "init")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("init: %v %v", fi, err)
+	}
+}
+
+func TestModuleClosure(t *testing.T) {
+	d := t.TempDir()
+	os.WriteFile(filepath.Join(d, "modules.dep"), []byte( //nolint:errcheck
+		"kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.xz kernel/fs/mbcache.ko.xz\n"+
+			"kernel/fs/jbd2/jbd2.ko.xz:\nkernel/fs/mbcache.ko.xz:\nkernel/other.ko.xz:\n"), 0o644)
+	os.WriteFile(filepath.Join(d, "modules.builtin"), []byte("kernel/drivers/virtio/virtio_pci.ko\n"), 0o644) //nolint:errcheck
+	got, err := moduleClosure(d, []string{"ext4", "virtio-pci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(got)
+	if strings.Join(got, " ") != "kernel/fs/ext4/ext4.ko.xz kernel/fs/jbd2/jbd2.ko.xz kernel/fs/mbcache.ko.xz" {
+		t.Errorf("closure %v", got)
+	}
+	if _, err := moduleClosure(d, []string{"nosuch"}); err == nil {
+		t.Error("unknown module accepted")
+	}
+}
