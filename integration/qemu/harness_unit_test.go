@@ -141,3 +141,54 @@ func TestModuleClosure(t *testing.T) {
 		t.Error("unknown module accepted")
 	}
 }
+
+// TestBackportsSourceDerived: install.sh derives the bookworm-backports
+// source from the machine's own apt sources, never from a built-in host.
+func TestBackportsSourceDerived(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root, "integration", "qemu", "install.sh")
+	cases := []struct {
+		name, file, body string
+		want             []string // lines the stanza must have; nil = must fail
+	}{
+		{"deb822", "sources.list.d/debian.sources",
+			"Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/example.gpg\n\n" +
+				"Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n",
+			[]string{"URIs: http://mirror.example/debian", "Suites: bookworm-backports", "Signed-By: /usr/share/keyrings/example.gpg"}},
+		{"security-first", "sources.list.d/a.sources",
+			"Types: deb\nURIs: http://mirror.example/sec\nSuites: bookworm-security\n\nTypes: deb\nURIs: http://mirror.example/main\nSuites: bookworm\n",
+			[]string{"URIs: http://mirror.example/main"}},
+		{"one-line", "sources.list", "deb http://mirror.example/debian bookworm main\n",
+			[]string{"URIs: http://mirror.example/debian"}},
+		{"none", "sources.list", "deb http://mirror.example/debian trixie main\n", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.MkdirAll(filepath.Join(dir, "sources.list.d"), 0o755) //nolint:errcheck
+			if err := os.WriteFile(filepath.Join(dir, c.file), []byte(c.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(script, "--print-backports-source")
+			cmd.Env = append(os.Environ(), "NVDIMM_APT_DIR="+dir)
+			out, err := cmd.Output()
+			if c.want == nil {
+				if err == nil {
+					t.Fatalf("derived a source from no bookworm entry: %s", out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(string(out), w+"\n") {
+					t.Errorf("stanza lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
