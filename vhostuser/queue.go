@@ -543,6 +543,7 @@ func (q *queue) wake() {
 func (q *queue) run(kick *os.File, stopping *atomic.Bool, done chan struct{}, resub []*Request) {
 	defer close(done)
 	be := q.s.srv.backend
+	q.s.srv.Stats.Requests.Add(uint64(len(resub)))
 	for _, r := range resub {
 		be.HandleRequest(r)
 	}
@@ -581,6 +582,7 @@ func (q *queue) process() {
 		q.s.deviceError(q, err)
 	}
 	q.mu.Unlock()
+	q.s.srv.Stats.Requests.Add(uint64(len(reqs)))
 	be := q.s.srv.backend
 	for _, r := range reqs {
 		be.HandleRequest(r)
