@@ -92,3 +92,55 @@ func seriesCount(t *testing.T, g prometheus.Gatherer, name string) int {
 	}
 	return 0
 }
+
+// A daemon restart while the VM runs: the vhost-user server comes back on
+// the same socket, so QEMU's reconnecting chardev finds it again.
+func TestVhostUserServerSurvivesRestart(t *testing.T) {
+	w := newWireQMP(t)
+	stateDir := t.TempDir()
+	open := func() *Daemon {
+		reg := NewRegistry()
+		d, err := New(Config{StateDir: stateDir, Backings: MemfileBackings{}, DialQMP: DialQMP, Registry: reg,
+			VhostUser: PMemVhostUser(reg, slog.New(slog.NewTextHandler(io.Discard, nil))),
+			Logger:    slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	ctx := context.Background()
+	d := open()
+	if _, err := d.Create(ctx, CreateRequest{Name: "vu0", Backing: DefaultBackingDir(stateDir) + "/vu0.img", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	dv, err := d.Attach(ctx, "vu0", AttachRequest{QMP: w.path, As: KindVhostUser})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe, err := frontend.Dial(dv.VhostUserSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe.Close()
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := frontend.Dial(dv.VhostUserSocket); err == nil {
+		t.Fatal("server still up after daemon close")
+	}
+	d2 := open()
+	defer d2.Close(ctx)
+	d2.Recover(ctx)
+	g, err := d2.Get("vu0")
+	if err != nil || g.Attached == nil {
+		t.Fatalf("after restart: %+v %v", g, err)
+	}
+	fe, err = frontend.Dial(dv.VhostUserSocket)
+	if err != nil {
+		t.Fatalf("front-end cannot reconnect after restart: %v", err)
+	}
+	if _, err := fe.GetU64(vhostuser.ReqGetFeatures); err != nil {
+		t.Fatal(err)
+	}
+	fe.Close()
+}
