@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
@@ -29,6 +30,11 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		}
 		if s.Namespace != "" && m.Provision == nil {
 			return BackingInfo{}, errors.New("namespace provisioning is not available in this build")
+		}
+		// The path is confined, so its missing parents are inside a
+		// backing directory.
+		if err := os.MkdirAll(filepath.Dir(s.Path), 0o700); err != nil {
+			return BackingInfo{}, err
 		}
 		b, err := memfile.Create(s.Path, memfile.CreateOptions{Size: s.Size, LabelSize: s.LabelSize, ReadOnly: s.ReadOnly, Context: ctx})
 		if err != nil {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -143,4 +144,57 @@ func TestVhostUserServerSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	fe.Close()
+}
+
+func TestMemfileBackingsPrepare(t *testing.T) {
+	dir := t.TempDir()
+	mb := MemfileBackings{}
+	ctx := context.Background()
+	p := filepath.Join(dir, "sub", "deeper", "a.img")
+	info, err := mb.Prepare(ctx, BackingSpec{Path: p, Size: 16 << 20, LabelSize: 128 << 10, Slot: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Created || info.Size != 16<<20 || info.LabelSize != 128<<10 || info.BackingSize < info.Size+info.LabelSize {
+		t.Fatalf("created %+v", info)
+	}
+	// Adopting checks the requested sizes against what is there.
+	again, err := mb.Prepare(ctx, BackingSpec{Path: p, Slot: -1})
+	if err != nil || again.Created || again.Size != info.Size {
+		t.Fatalf("adopt: %+v %v", again, err)
+	}
+	if _, err := mb.Prepare(ctx, BackingSpec{Path: p, Size: 32 << 20, Slot: -1}); err == nil || !strings.Contains(err.Error(), "not the requested") {
+		t.Fatalf("adopt with another size: %v", err)
+	}
+	if _, err := mb.Prepare(ctx, BackingSpec{Path: filepath.Join(dir, "missing.img"), Slot: -1}); err == nil || !strings.Contains(err.Error(), "no size") {
+		t.Fatalf("missing without size: %v", err)
+	}
+	if _, err := mb.Prepare(ctx, BackingSpec{Path: filepath.Join(dir, "ns.img"), Size: 16 << 20, LabelSize: 128 << 10, Namespace: "ns0", Mode: "fsdax", Slot: -1}); err == nil || !strings.Contains(err.Error(), "not available") {
+		t.Fatalf("namespace without provisioner: %v", err)
+	}
+	// Locks: exclusive for writers, shared for readers.
+	l, err := mb.Lock(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mb.Lock(p, true); !errors.Is(err, ErrBackingLocked) {
+		t.Fatalf("reader while a writer holds it: %v", err)
+	}
+	l.Close()
+	r1, err := mb.Lock(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := mb.Lock(p, true)
+	if err != nil {
+		t.Fatalf("second reader: %v", err)
+	}
+	r1.Close()
+	r2.Close()
+	if err := mb.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Fatal("backing not removed")
+	}
 }
