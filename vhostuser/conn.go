@@ -1,7 +1,6 @@
 package vhostuser
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -117,5 +116,3 @@ func unixConnFromFd(fd int, name string) (*net.UnixConn, error) {
 	}
 	return uc, nil
 }
-
-var errClosed = errors.New("connection closed")

@@ -176,32 +176,34 @@ func (q *queue) resolveLocked() error {
 	return nil
 }
 
+func ringErr(idx int, part string, err error) error {
+	return fmt.Errorf("vring %d %s: %w", idx, part, err)
+}
+
 // +checklocks:q.mu
 func (q *queue) resolveRings(t *memTable) (rings, error) {
 	n := uint64(q.size)
 	a := q.addr
 	r := rings{table: t}
 	var err error
-	fail := func(part string, e error) (rings, error) {
-		return rings{}, fmt.Errorf("vring %d %s: %w", q.index, part, e)
-	}
+	idx := q.index
 	if a.Desc%16 != 0 {
-		return fail("descriptor table", fmt.Errorf("address %#x is not 16-byte aligned", a.Desc))
+		return rings{}, ringErr(idx, "descriptor table", fmt.Errorf("address %#x is not 16-byte aligned", a.Desc))
 	}
 	if a.Avail%2 != 0 {
-		return fail("available ring", fmt.Errorf("address %#x is not 2-byte aligned", a.Avail))
+		return rings{}, ringErr(idx, "available ring", fmt.Errorf("address %#x is not 2-byte aligned", a.Avail))
 	}
 	if a.Used%4 != 0 {
-		return fail("used ring", fmt.Errorf("address %#x is not 4-byte aligned", a.Used))
+		return rings{}, ringErr(idx, "used ring", fmt.Errorf("address %#x is not 4-byte aligned", a.Used))
 	}
 	if r.desc, err = t.userSlice(a.Desc, 16*n); err != nil {
-		return fail("descriptor table", err)
+		return rings{}, ringErr(idx, "descriptor table", err)
 	}
 	if _, err = t.userSlice(a.Avail, 6+2*n); err != nil {
-		return fail("available ring", err)
+		return rings{}, ringErr(idx, "available ring", err)
 	}
 	if _, err = t.userSlice(a.Used, 6+8*n); err != nil {
-		return fail("used ring", err)
+		return rings{}, ringErr(idx, "used ring", err)
 	}
 	r.availRing, _ = t.userSlice(a.Avail+4, 2*n)
 	r.usedRing, _ = t.userSlice(a.Used+4, 8*n)
@@ -214,7 +216,7 @@ func (q *queue) resolveRings(t *memTable) (rings, error) {
 	}
 	for _, w := range words {
 		if *w.w, err = t.userWord(w.ua); err != nil {
-			return fail("index word", err)
+			return rings{}, ringErr(idx, "index word", err)
 		}
 	}
 	return r, nil

@@ -42,8 +42,10 @@ type echoDev struct {
 	hold    chan struct{}
 	handled atomic.Int64
 	mu      sync.Mutex
-	heads   []uint16
-	cfg     [8]byte
+	// +checklocks:mu
+	heads []uint16
+	// +checklocks:mu
+	cfg [8]byte
 }
 
 func (d *echoDev) Features() uint64 {
@@ -699,5 +701,76 @@ func TestInflightResubmitAfterRestart(t *testing.T) {
 	fx.submit(3, []byte("new"))
 	if _, err := fx.vq.WaitUsed(1, wait); err != nil {
 		t.Fatalf("new request after resubmission: %v", err)
+	}
+}
+
+// TestReconnect: the front-end goes away and comes back (QEMU's
+// reconnect=N); the same server resets and serves the new connection,
+// which renegotiates from scratch.
+func TestReconnect(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "vu.sock")
+	dev := &echoDev{}
+	srv, err := vhostuser.NewServer(dev, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(sock); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(sock); err == nil {
+		t.Fatal("a second Listen on a live socket succeeded")
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background()) }()
+	for round := 0; round < 3; round++ {
+		f, err := frontend.Dial(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx := &fixture{t: t, f: f, dev: dev}
+		fx.start(qemuProto)
+		fx.submit(0, []byte("hello"))
+		if _, err := fx.vq.WaitUsed(1, wait); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		fx.vq.Close()
+		f.Close()
+	}
+	srv.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	// 3 front-ends plus the probe the refused second Listen made (it
+	// dialled the live socket and was served as an empty session).
+	if n := srv.Stats.Connections.Load(); n != 4 {
+		t.Fatalf("%d connections served, want 4", n)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left behind after Close: %v", err)
+	}
+}
+
+// TestPollModeKick: SET_VRING_KICK with the no-fd bit makes the back-end
+// poll the ring.
+func TestPollModeKick(t *testing.T) {
+	fx := newFixture(t, &echoDev{})
+	var err error
+	if fx.neg, err = fx.f.Realize(qemuProto, 1); err != nil {
+		t.Fatal(err)
+	}
+	fx.f.AddRegion(ramGPA, ramSize)
+	fx.setFeatures()
+	if err := fx.f.SetMemTable(); err != nil {
+		t.Fatal(err)
+	}
+	fx.setupRing()
+	if err := fx.f.Ack(vhostuser.ReqSetVringKick, frontend.U64(vhostuser.VringNoFd), nil); err != nil {
+		t.Fatal(err)
+	}
+	fx.vq.SetDesc(0, frontend.Desc{Addr: bufGPA, Len: 4, Flags: frontend.DescNext, Next: 1})
+	fx.vq.SetDesc(1, frontend.Desc{Addr: outGPA, Len: 4, Flags: frontend.DescWrite})
+	fx.vq.Publish(0) // no kick
+	if _, err := fx.vq.WaitUsed(1, wait); err != nil {
+		t.Fatalf("polled ring: %v", err)
 	}
 }

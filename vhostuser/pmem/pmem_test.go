@@ -331,6 +331,13 @@ func TestShmemMapOnEveryStart(t *testing.T) {
 		if !sameFile(t, m.Fds[0], backing) {
 			t.Fatal("SHMEM_MAP fd is not the backing")
 		}
+		// QEMU announces the mapped range back as guest memory with our
+		// own fd, while the ring runs: the table is swapped under it.
+		shm := vhostuser.MemRegion{GPA: 1 << 40, Size: 1 << 21, UserAddr: 1 << 41}
+		mt, _ := vhostuser.MemTable{Regions: []vhostuser.MemRegion{r.f.Regions[0].MemRegion, shm}}.MarshalBinary()
+		if err := r.f.Ack(vhostuser.ReqSetMemTable, mt, []int{int(r.f.Regions[0].File.Fd()), m.Fds[0]}); err != nil {
+			t.Fatalf("start %d: memory table with the shared-memory region: %v", round, err)
+		}
 		unix.Close(m.Fds[0])
 		// Flushes work, then QEMU's stop: disable + GET_VRING_BASE.
 		r.flushReq(0, 0)
