@@ -160,7 +160,6 @@ func qemuPID(share string) (int, error) {
 // measures the host memory use of all of them at once, then releases them.
 type rendezvous struct {
 	n       int
-	paths   []string // backing of each guest, by arrival
 	measure func(pids []int, paths []string)
 
 	mu      sync.Mutex
@@ -382,7 +381,7 @@ func checkGuest(t *testing.T, who string, res *Result, img imageRecord, files ma
 			t.Errorf("%s: %s sha256 %q in the guest, %s on the host", who, name, got[name], want)
 		}
 	}
-	if w := read("write"); w != "" {
+	if w, _ := res.Read("write"); len(w) != 0 {
 		t.Errorf("%s: a write into the read-only image succeeded in the guest: %s", who, w)
 	}
 }
