@@ -456,6 +456,7 @@ func (q *queue) resubmitLocked() ([]*Request, error) {
 		}
 	}
 	sort.Slice(heads, func(i, j int) bool { return heads[i].ctr < heads[j].ctr })
+	base := q.lastAvail
 	q.lastAvail = used + uint16(len(heads))
 	indirect := q.s.acked.Load()&FeatureIndirectDesc != 0
 	var out []*Request
@@ -463,6 +464,7 @@ func (q *queue) resubmitLocked() ([]*Request, error) {
 		q.counter = max(q.counter, h.ctr)
 		c, err := walkChain(q.r.table, q.r.desc, q.size, h.head, indirect)
 		if err != nil {
+			q.lastAvail = base
 			return out, fmt.Errorf("resubmitting: %w", err)
 		}
 		req, ok := q.newRequestLocked(c)
@@ -489,6 +491,10 @@ func (q *queue) startLocked() error {
 	q.gate = new(sync.Gate)
 	q.started = true
 	q.abandoned.Store(false)
+	if need := inflightHeader + inflightEntry*int(q.size); q.inflight != nil && len(q.inflight) < need {
+		q.s.log.Warn("inflight area ignored: too small for the queue", "vring", q.index, "bytes", len(q.inflight), "need", need)
+		q.inflight = nil
+	}
 	resub, err := q.resubmitLocked()
 	if err != nil {
 		q.s.log.Warn("inflight area ignored", "vring", q.index, "err", err)
@@ -497,6 +503,7 @@ func (q *queue) startLocked() error {
 			r.gate.Leave()
 		}
 		resub = nil
+		q.inflight = nil
 	}
 	stopping := new(atomic.Bool)
 	done := make(chan struct{})

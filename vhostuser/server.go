@@ -2,6 +2,7 @@ package vhostuser
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,9 @@ type Server struct {
 
 // NewServer checks the backend's description and returns a server for it.
 func NewServer(b Backend, log *slog.Logger) (*Server, error) {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		return nil, errors.New("vhost-user back-end: big-endian hosts are not supported (ring index words are accessed as little-endian halves of 32-bit words)")
+	}
 	if err := checkBackend(b); err != nil {
 		return nil, err
 	}
@@ -420,6 +424,10 @@ func (s *session) setFeatures(v uint64) error {
 	}
 	s.acked.Store(v)
 	s.featSet = true
+	if !s.anyStarted() {
+		// A new start of the device: a driver that needed a reset got one.
+		s.needReset.Store(false)
+	}
 	if v&FeatureProtocolFeatures == 0 {
 		for _, q := range s.queues {
 			q.enabled.Store(true)
@@ -662,16 +670,22 @@ func (s *session) getVringBase(st VringState) (VringState, error) {
 	q.broken = false
 	q.mu.Unlock()
 	q.enabled.Store(false)
-	all := true
-	for _, o := range s.queues {
-		o.mu.Lock()
-		all = all && !o.started
-		o.mu.Unlock()
-	}
-	if all {
+	if !s.anyStarted() {
 		s.mapped = false // QEMU drops the mappings on stop
 	}
 	return res, nil
+}
+
+func (s *session) anyStarted() bool {
+	for _, q := range s.queues {
+		q.mu.Lock()
+		started := q.started
+		q.mu.Unlock()
+		if started {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *session) setVringFd(rt RequestType, v uint64, fds []int) error {

@@ -774,3 +774,64 @@ func TestPollModeKick(t *testing.T) {
 		t.Fatalf("polled ring: %v", err)
 	}
 }
+
+// TestHostileInflightArea: an inflight area that is too small for the
+// ring, or full of garbage, is ignored (the ring runs from SET_VRING_BASE)
+// and never read out of bounds.
+func TestHostileInflightArea(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		qsize uint16 // inflight area's queue size
+		fill  func(b []byte)
+	}{
+		{"too small", 4, func([]byte) {}},
+		{"garbage", qsize, func(b []byte) {
+			for i := range b {
+				b[i] = byte(i*7 + 1)
+			}
+			b[8], b[9] = 1, 0         // version 1
+			b[10], b[11] = qsize, 0   // desc_num
+			b[12], b[13] = 0xff, 0xff // last_batch_head out of range
+			b[14], b[15] = 77, 0      // used_idx != used->idx
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fx := newFixture(t, &echoDev{})
+			var err error
+			if fx.neg, err = fx.f.Realize(qemuProto, 1); err != nil {
+				t.Fatal(err)
+			}
+			fx.f.AddRegion(ramGPA, ramSize)
+			size := vhostuser.InflightQueueRegionSize(c.qsize)
+			fd, err := unix.MemfdCreate("inflight", unix.MFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			unix.Ftruncate(fd, int64(size))
+			m, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.fill(m)
+			unix.Munmap(m)
+			p, _ := vhostuser.InflightPayload{MmapSize: size, NumQueues: 1, QueueSize: c.qsize}.MarshalBinary()
+			if err := fx.f.Ack(vhostuser.ReqSetInflightFd, p, []int{fd}); err != nil {
+				t.Fatal(err)
+			}
+			fx.setFeatures()
+			if err := fx.f.SetMemTable(); err != nil {
+				t.Fatal(err)
+			}
+			fx.setupRing()
+			fx.submit(0, []byte("ok"))
+			used, err := fx.vq.WaitUsed(1, wait)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if used[0].ID != 0 || fx.dev.handled.Load() != 1 {
+				t.Fatalf("used %+v, device saw %d requests; want only the new one", used, fx.dev.handled.Load())
+			}
+		})
+	}
+}
