@@ -149,7 +149,10 @@ var (
 )
 
 // TestCrashEveryWrite enumerates every crash point of init, create,
-// destroy, rename and retarget for both versions and two area sizes.
+// destroy, rename, reinit, version change (v1.1 <-> v1.2, with and
+// without live labels; the 1 MiB areas make v1.2 -> v1.1 move labels
+// out of the larger v1.1 index blocks) and retarget, for both versions
+// and two area sizes.
 func TestCrashEveryWrite(t *testing.T) {
 	const dimm = 512 << 20
 	o := CheckOptions{Cookies: &slot0Cookies, DIMMSize: dimm}
@@ -179,6 +182,13 @@ func TestCrashEveryWrite(t *testing.T) {
 				crashAll(t, two, editOp{"destroy", func(e *Editor) error { return e.Destroy(uuidA) }}, o)
 				crashAll(t, two, editOp{"rename", func(e *Editor) error { return e.Rename(uuidB, "renamed") }}, o)
 				crashAll(t, two, editOp{"reinit", func(e *Editor) error { return e.Init(InitOptions{Version: v, Force: true}) }}, o)
+				// Changing the version of a labelled area, from either
+				// current index block.
+				ov := otherVersion(v)
+				change := editOp{"reinit-v" + string(ov), func(e *Editor) error { return e.Init(InitOptions{Version: ov, Force: true}) }}
+				crashAll(t, one, change, o)
+				crashAll(t, two, change, o)
+				crashAll(t, blankInit(t, size, v), change, o)
 				o1 := CheckOptions{Cookies: &slot1Cookies, DIMMSize: dimm}
 				// Retarget to slot 1: the old state is clean for slot 0, the
 				// new for slot 1; check each crash state against its own.
@@ -186,6 +196,17 @@ func TestCrashEveryWrite(t *testing.T) {
 			})
 		}
 	}
+}
+
+// blankInit is a freshly initialised area of version v.
+func blankInit(t *testing.T, size int, v Version) []byte {
+	t.Helper()
+	d := &memDev{b: make([]byte, size)}
+	e, _ := NewEditor(d, int64(size))
+	if err := e.Init(InitOptions{Version: v}); err != nil {
+		t.Fatal(err)
+	}
+	return d.b
 }
 
 func crashRetarget(t *testing.T, start []byte, o0, o1 CheckOptions) {
@@ -224,5 +245,38 @@ func TestStateOfStable(t *testing.T) {
 	a := stateOf(t, make([]byte, 4096))
 	if !reflect.DeepEqual(a, "unlabelled") {
 		t.Fatal(a)
+	}
+}
+
+// TestChangeVersionEndsAsFreshInit: after a version change the index
+// blocks are byte for byte those of a fresh init of the new version, and
+// no live label is left.
+func TestChangeVersionEndsAsFreshInit(t *testing.T) {
+	for _, v := range []Version{V11, V12} {
+		for _, size := range []int{128 << 10, 1 << 20} {
+			ov := otherVersion(v)
+			d := &memDev{b: blankInit(t, size, v)}
+			e, _ := NewEditor(d, int64(size))
+			for i, name := range []string{"a", "b", "c"} {
+				u := uuidA
+				u[0] = byte(i)
+				if _, err := e.Create(NamespaceSpec{UUID: u, Name: name, Size: 16 << 20, Mode: ModeFSDAX, DIMMSize: 512 << 20, Cookies: slot0Cookies}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := e.Init(InitOptions{Version: ov}); !errors.Is(err, ErrLabelled) {
+				t.Fatalf("v%s->v%s without Force: %v", v, ov, err)
+			}
+			if err := e.Init(InitOptions{Version: ov, Force: true}); err != nil {
+				t.Fatal(err)
+			}
+			fresh := blankInit(t, size, ov)
+			a, _ := ParseBytes(d.b)
+			n := 2 * a.Geometry.IndexSize
+			if a.Version() != ov || len(a.LiveSlots()) != 0 || string(d.b[:n]) != string(fresh[:n]) {
+				t.Fatalf("v%s->v%s %dK: version %s, %d live slots, index blocks equal to a fresh init: %v",
+					v, ov, size>>10, a.Version(), len(a.LiveSlots()), string(d.b[:n]) == string(fresh[:n]))
+			}
+		}
 	}
 }

@@ -147,9 +147,9 @@ type InitOptions struct {
 //
 // Re-initialising a labelled area of the same version (Force) writes the
 // staging block first with the next sequence number, so a crash leaves
-// the old or the new state. Changing the version must first invalidate
-// the old blocks (Linux probes 128-byte labels first); a crash in between
-// leaves an unlabelled area.
+// the old or the new state. Changing the version of a labelled area is
+// crash-safe too (see changeVersion): at every write the area parses to
+// the old namespaces or to the new empty index.
 func (e *Editor) Init(o InitOptions) error {
 	v := o.Version
 	if v == "" {
@@ -177,13 +177,10 @@ func (e *Editor) Init(o InitOptions) error {
 			}
 			return e.reparse()
 		}
-		// Invalidate the old blocks, staging first.
-		old := a.Geometry
-		for _, i := range []int{1 - a.Current, a.Current} {
-			if err := e.write(old.IndexOffset(i), make([]byte, old.IndexSize), fmt.Sprintf("old index block %d", i)); err != nil {
-				return err
-			}
+		if err := e.changeVersion(g, ndctl); err != nil {
+			return err
 		}
+		return e.reparse()
 	}
 	for i, seq := range []uint32{3, 2} {
 		if err := e.writeIndex(freshIndex(g, i, seq, ndctl), g, i); err != nil {
@@ -191,6 +188,76 @@ func (e *Editor) Init(o InitOptions) error {
 		}
 	}
 	return e.reparse()
+}
+
+// changeVersion re-initialises a labelled area with another label size
+// (geometry g) so that a crash at any write leaves either the old
+// namespaces or the new empty index. Linux probes 128-byte (v1.1) labels
+// first, so the order depends on the direction:
+//
+//   - v1.1 -> v1.2: the old v1.1 index must stay valid until a v1.2 block
+//     exists. Make old block 1 current (a no-op update if it is not), then
+//     write new block 0 inside old block 0 (it no longer validates as v1.1;
+//     block 1 still does), then new block 1, then zero whatever remains of
+//     old block 1. The first write that changes old block 1 switches the
+//     area to the new state. v1.2 index blocks are never larger than v1.1
+//     ones, so nothing here touches the old labels.
+//   - v1.2 -> v1.1: any valid v1.1 block wins at once, so it must be
+//     written without damaging the old state if it tears. Make old block 0
+//     current, move live labels out of the slots the (larger) v1.1 block 1
+//     covers, then write new block 1 (past old block 0), then new block 0.
+//
+// Both end as a fresh init: block 0 with sequence 3 current, block 1 with
+// 2.
+func (e *Editor) changeVersion(g Geometry, ndctl bool) error {
+	old := e.area.Geometry
+	if g.LabelSize == LabelSizeV12 {
+		if e.area.Current != 1 {
+			if _, err := e.commit(nil, nil); err != nil {
+				return fmt.Errorf("moving the v%s index to block 1: %w", old.Version(), err)
+			}
+		}
+		if err := e.writeIndex(freshIndex(g, 0, 3, ndctl), g, 0); err != nil {
+			return err
+		}
+		if err := e.writeIndex(freshIndex(g, 1, 2, ndctl), g, 1); err != nil {
+			return err
+		}
+		if lo, hi := max(old.IndexOffset(1), 2*g.IndexSize), 2*old.IndexSize; lo < hi {
+			if err := e.write(lo, make([]byte, hi-lo), "rest of the old index block 1"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// v1.2 -> v1.1: old slots below first lie inside the new index blocks.
+	first := uint32((2*g.IndexSize - 2*old.IndexSize + int64(old.LabelSize) - 1) / int64(old.LabelSize))
+	var move []Label
+	var victims []uint32
+	for _, s := range e.area.LiveSlots() {
+		if s.Slot < first {
+			// Invalid labels (Linux ignores them) are only freed: moving
+			// would reseal them and make them count.
+			if s.Err == nil {
+				move = append(move, s.Label)
+			}
+			victims = append(victims, s.Slot)
+		}
+	}
+	if len(move) > 0 {
+		if _, err := e.commitFrom(move, victims, first); err != nil {
+			return fmt.Errorf("moving %d label(s) out of the slots the v%s index blocks will cover: %w", len(move), g.Version(), err)
+		}
+	}
+	if e.area.Current != 0 {
+		if _, err := e.commit(nil, nil); err != nil {
+			return fmt.Errorf("moving the v%s index to block 0: %w", old.Version(), err)
+		}
+	}
+	if err := e.writeIndex(freshIndex(g, 1, 2, ndctl), g, 1); err != nil {
+		return err
+	}
+	return e.writeIndex(freshIndex(g, 0, 3, ndctl), g, 0)
 }
 
 // ErrLabelled means Init found valid index blocks and Force was not set.
@@ -213,6 +280,12 @@ func (e *Editor) writeIndex(x *Index, g Geometry, i int) error {
 // then the staging index is written with the next sequence number and
 // becomes current. It returns the slots used.
 func (e *Editor) commit(add []Label, victims []uint32) ([]uint32, error) {
+	return e.commitFrom(add, victims, 0)
+}
+
+// commitFrom is commit placing the new labels in free slots numbered
+// minSlot or higher.
+func (e *Editor) commitFrom(add []Label, victims []uint32, minSlot uint32) ([]uint32, error) {
 	a := e.area
 	cur := a.CurrentIndex()
 	if cur == nil {
@@ -226,7 +299,7 @@ func (e *Editor) commit(add []Label, victims []uint32) ([]uint32, error) {
 	}
 	slots := make([]uint32, 0, len(add))
 	for _, l := range add {
-		k := uint32(0)
+		k := minSlot
 		for ; k < nslot && !next.IsFree(k); k++ {
 		}
 		if k == nslot {
