@@ -693,3 +693,41 @@ func BenchmarkHashImage(b *testing.B) {
 		}
 	}
 }
+
+// TestImageAddInfoBlockKinds: what add reports for each info block a file
+// may carry.
+func TestImageAddInfoBlockKinds(t *testing.T) {
+	c := newCatalog(t)
+	dir := t.TempDir()
+	cleanupImmutable(t, dir)
+	for _, tc := range []struct {
+		name, mode string
+		kind, warn string
+	}{
+		{"pmem", label.ModeFSDAX, InfoPFNPMEM, "mode pmem"},
+		{"devdax", label.ModeDevDAX, InfoDevDAX, "device-DAX"},
+	} {
+		p := rawImage(t, dir, tc.name+".img", 64<<20)
+		ib, err := label.NewInfoBlock(label.InfoParams{Mode: tc.mode, Size: 64 * MiB})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := os.OpenFile(p, os.O_RDWR, 0)
+		label.WriteInfoBlock(f, 0, ib)
+		f.Close()
+		rep, err := c.Add(tc.name, p, ImageOptions{})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		l := rep.Image.Layout
+		if l.InfoBlock != tc.kind || l.DataOffset != ib.DataOff || l.DataSize != ib.NPFNs*4096 {
+			t.Errorf("%s: layout %+v, info block dataoff %d npfns %d", tc.name, l, ib.DataOff, ib.NPFNs)
+		}
+		if !strings.Contains(strings.Join(rep.Warnings, "\n"), tc.warn) {
+			t.Errorf("%s: warnings %q lack %q", tc.name, rep.Warnings, tc.warn)
+		}
+		if got := fileSHA(t, p, int64(l.DataOffset), int64(l.DataSize)); got != rep.Image.DataSHA256 {
+			t.Errorf("%s: data digest %s, range %s", tc.name, rep.Image.DataSHA256, got)
+		}
+	}
+}

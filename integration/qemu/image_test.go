@@ -230,6 +230,7 @@ cat /sys/bus/nd/devices/region0/read_only > /host/region_ro
 blockdev --getro $dev > /host/dev_ro
 mount -t ext4 -o dax,ro $dev /mnt
 grep " /mnt " /proc/mounts > /host/mounts
+dmesg | grep -i dax > /host/dax.log || true
 (cd /mnt && find . -type f | sort | xargs sha256sum) > /host/files.sha
 sha256sum $dev | cut -d' ' -f1 > /host/dev.sha
 if touch /mnt/new-file 2>/host/touch.err; then echo touch-succeeded > /host/write; fi
@@ -366,6 +367,9 @@ func checkGuest(t *testing.T, who string, res *Result, img imageRecord, files ma
 	}
 	if m := read("mounts"); !strings.Contains(m, "dax") || !strings.Contains(m, "ro,") {
 		t.Errorf("%s: mount is not read-only DAX: %q", who, m)
+	}
+	if d, _ := res.Read("dax.log"); strings.Contains(strings.ToLower(string(d)), "unsupported") {
+		t.Errorf("%s: the guest turned DAX off: %s", who, d)
 	}
 	if d := read("dev.sha"); d != img.Image.DataSHA256 {
 		t.Errorf("%s: sha256 of /dev/pmem0 %s, catalog data_sha256 %s", who, d, img.Image.DataSHA256)
