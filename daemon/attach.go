@@ -406,22 +406,30 @@ func (d *Daemon) watch(s *vmSession) {
 // Caller holds opMu.
 func (d *Daemon) releaseVM(path, why string) {
 	var names []string
-	var closers []io.Closer
 	d.mu.Lock()
 	for _, dv := range d.devices {
-		if dv.Attached == nil || dv.Attached.QMP != path {
-			continue
-		}
-		names = append(names, dv.Name)
-		dv.Attached = nil
-		if l, ok := d.locks[dv.Name]; ok {
-			closers = append(closers, l)
-			delete(d.locks, dv.Name)
+		if dv.Attached != nil && dv.Attached.QMP == path {
+			names = append(names, dv.Name)
 		}
 	}
-	if len(names) > 0 {
-		if err := d.saveLocked(); err != nil {
-			d.log.Error("saving state after release", "err", err)
+	d.mu.Unlock()
+	d.release(names, why)
+}
+
+// release frees the named devices: their locks and vhost-user servers
+// first, then the attachments are cleared and saved, so that anyone who
+// sees a device unattached also finds its backing unlocked. Caller holds
+// opMu.
+func (d *Daemon) release(names []string, why string) {
+	if len(names) == 0 {
+		return
+	}
+	var closers []io.Closer
+	d.mu.Lock()
+	for _, n := range names {
+		if l, ok := d.locks[n]; ok {
+			closers = append(closers, l)
+			delete(d.locks, n)
 		}
 	}
 	d.mu.Unlock()
@@ -430,8 +438,22 @@ func (d *Daemon) releaseVM(path, why string) {
 	}
 	for _, n := range names {
 		d.stopVhostServer(n)
+	}
+	qmps := map[string]string{}
+	d.mu.Lock()
+	for _, n := range names {
+		if dv, ok := d.devices[n]; ok && dv.Attached != nil {
+			qmps[n] = dv.Attached.QMP
+			dv.Attached = nil
+		}
+	}
+	if err := d.saveLocked(); err != nil {
+		d.log.Error("saving state after release", "err", err)
+	}
+	d.mu.Unlock()
+	for _, n := range names {
 		d.releases.Inc()
-		d.log.Info("device released", "device", n, "qmp", path, "why", why)
+		d.log.Info("device released", "device", n, "qmp", qmps[n], "why", why)
 	}
 }
 
@@ -474,17 +496,8 @@ func (d *Daemon) Detach(ctx context.Context, name string) error {
 	if att.ChardevID != "" {
 		d.bestEffort(s.conn, "chardev-remove", map[string]any{"id": att.ChardevID})
 	}
-	d.mu.Lock()
-	dv.Attached = nil
-	l := d.locks[name]
-	delete(d.locks, name)
-	err = d.saveLocked()
-	d.mu.Unlock()
-	if l != nil {
-		_ = l.Close()
-	}
-	d.stopVhostServer(name)
-	return err
+	d.release([]string{name}, "detached")
+	return nil
 }
 
 // waitUnplugged polls until the device is gone from QEMU's peripheral
@@ -633,24 +646,5 @@ func (d *Daemon) retake(dv Device) bool {
 
 // releaseOne clears one device's attachment. Caller holds opMu.
 func (d *Daemon) releaseOne(name, why string) {
-	d.mu.Lock()
-	dv, ok := d.devices[name]
-	if !ok || dv.Attached == nil {
-		d.mu.Unlock()
-		return
-	}
-	q := dv.Attached.QMP
-	dv.Attached = nil
-	l := d.locks[name]
-	delete(d.locks, name)
-	if err := d.saveLocked(); err != nil {
-		d.log.Error("saving state after release", "err", err)
-	}
-	d.mu.Unlock()
-	if l != nil {
-		_ = l.Close()
-	}
-	d.stopVhostServer(name)
-	d.releases.Inc()
-	d.log.Info("device released", "device", name, "qmp", q, "why", why)
+	d.release([]string{name}, why)
 }
