@@ -116,6 +116,15 @@ t1=$(cut -d' ' -f1 /proc/uptime)
 echo "$t0 $t1 $ok $nm $vp" > /host/seen
 ndctl list -RDi > /host/after.json || true
 ls /dev/pmem* > /host/pmem.txt 2>&1 || true
+# The hot-added DIMM carries a host-provisioned fsdax namespace "hot".
+i=0
+while ! ndctl list -N | grep -q '"name":"hot"'; do sleep 0.2; i=$((i+1)); [ $i -lt 100 ]; done
+ndctl list -Nv > /host/ns.json
+dev=/dev/$(ndctl list -N | grep -B20 '"name":"hot"' | sed -n 's/.*"blockdev":"\([^"]*\)".*/\1/p' | tail -1)
+/usr/local/sbin/mke2fs -q -t ext4 -b 4096 -F "$dev"
+mount -t ext4 -o dax "$dev" /mnt
+grep /mnt /proc/mounts > /host/mounts.txt
+umount /mnt
 i=0
 while [ ! -e /host/done ]; do sleep 0.1; i=$((i+1)); [ $i -lt 3000 ]; done
 [ $ok = 1 ]
@@ -133,7 +142,8 @@ func TestHotplug(t *testing.T) {
 	dir := t.TempDir()
 	ctl := startDaemon(t, dir)
 	cs := []string{"--control-socket", ctl}
-	host(t, append([]string{"device", "create", "nv", "--backing", filepath.Join(dir, "backings", "nv.img"), "--size", "256M", "--label-size", "128K"}, cs...)...)
+	host(t, append([]string{"device", "create", "nv", "--backing", filepath.Join(dir, "backings", "nv.img"), "--size", "256M", "--label-size", "128K",
+		"--namespace", "hot", "--mode", "fsdax", "--slot", "1"}, cs...)...)
 	host(t, append([]string{"device", "create", "vp", "--backing", filepath.Join(dir, "backings", "vp.img"), "--size", "256M"}, cs...)...)
 
 	cold := sparseFile(t, filepath.Join(dir, "cold.img"), 256<<20+labelSize)
@@ -209,6 +219,13 @@ func TestHotplug(t *testing.T) {
 		t.Errorf("guest saw the hot-added devices %.1f s after the attach returned, want within %.0f s (%s)", d, limit, res.Accel)
 	} else {
 		t.Logf("guest saw both devices %.2f s after the attach returned", d)
+	}
+	ns := onlyNamespace(t, mustRead(t, res, "ns.json"), "hot")
+	if ns.Mode != "fsdax" {
+		t.Errorf("hot-added namespace %+v, want fsdax", ns)
+	}
+	if m := string(mustRead(t, res, "mounts.txt")); !strings.Contains(m, "dax") {
+		t.Errorf("hot-added namespace not mounted with dax: %q", m)
 	}
 	pm, _ := res.Read("pmem.txt")
 	if !strings.Contains(string(pm), "/dev/pmem") {
