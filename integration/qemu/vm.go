@@ -106,9 +106,16 @@ func Accel(ctx context.Context, kit *Kit, logf func(string, ...any)) string {
 			return
 		}
 		defer os.RemoveAll(share)
-		pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		// A working KVM boots to the marker in seconds; a broken one (such as
+		// kvm-pvm with a stock kernel) reports an internal error and pauses,
+		// so stop at the first such message instead of waiting it out.
+		pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 		defer cancel()
-		res, err := boot(pctx, kit, "kvm", &VM{Name: "kvm-probe", Script: "echo probe-ok"}, share)
+		watch := &cancelOn{}
+		watch.mu.Lock()
+		watch.needle, watch.cancel = "KVM internal error", cancel
+		watch.mu.Unlock()
+		res, err := boot(pctx, kit, "kvm", &VM{Name: "kvm-probe", Script: "echo probe-ok", Console: watch}, share)
 		a := "tcg"
 		if err == nil && res.ExitCode == 0 && strings.Contains(res.Output, "probe-ok") {
 			a = "kvm"
@@ -303,4 +310,28 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// cancelOn calls cancel once needle appears in what is written to it.
+type cancelOn struct {
+	mu sync.Mutex
+	// +checklocks:mu
+	seen []byte
+	// +checklocks:mu
+	needle string
+	// +checklocks:mu
+	cancel func()
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen = append(c.seen, p...)
+	if bytes.Contains(c.seen, []byte(c.needle)) {
+		c.cancel()
+	}
+	if len(c.seen) > 4096 {
+		c.seen = append(c.seen[:0], c.seen[len(c.seen)-len(c.needle):]...)
+	}
+	return len(p), nil
 }
