@@ -45,11 +45,20 @@ func hashImage(r io.ReaderAt, size, dataOff, dataSize uint64, progress func(done
 			return ImageDigests{}, fmt.Errorf("read at %d: %w", off, err)
 		}
 		chunk := buf[:n]
-		whole.Write(chunk)
-		// The part of this chunk inside the data range.
+		// The part of this chunk inside the data range is hashed on
+		// another core while this one hashes the whole chunk.
 		lo, hi := max(off, dataOff), min(off+n, dataEnd)
+		var done chan struct{}
 		if lo < hi {
-			data.Write(chunk[lo-off : hi-off])
+			done = make(chan struct{})
+			go func() {
+				data.Write(chunk[lo-off : hi-off])
+				close(done)
+			}()
+		}
+		whole.Write(chunk)
+		if done != nil {
+			<-done
 		}
 		off += n
 		if progress != nil {
