@@ -820,3 +820,69 @@ func checkFds(rt RequestType, rule fdRule, payload any, n int) error {
 	}
 	return nil
 }
+
+// BackendMessage is one decoded back-end channel request.
+type BackendMessage struct {
+	Header
+	// Payload is one of ShmemMapReq, VringState, VringArea, SharedObject,
+	// []byte (IOTLB) or nil (CONFIG_CHANGE_MSG).
+	Payload any
+}
+
+// Type is the back-end request type.
+func (m BackendMessage) Type() BackendRequestType { return BackendRequestType(m.Request) }
+
+// DecodeBackendMessage decodes a request received on the back-end
+// channel (what a front-end does; used by tests and tools) and checks its
+// fd count. It never panics on any input.
+func DecodeBackendMessage(h Header, payload []byte, nfds int) (BackendMessage, error) {
+	m := BackendMessage{Header: h}
+	rt := BackendRequestType(h.Request)
+	if err := h.Check(false); err != nil {
+		return m, fmt.Errorf("%v: %w", rt, err)
+	}
+	if int(h.Size) != len(payload) {
+		return m, fmt.Errorf("%v: header size %d but %d payload bytes", rt, h.Size, len(payload))
+	}
+	var err error
+	wantFds := 0
+	switch rt {
+	case BackendIOTLBMsg:
+		m.Payload = append([]byte(nil), payload...)
+	case BackendConfigChangeMsg:
+		if len(payload) != 0 {
+			err = fmt.Errorf("%d-byte payload on a request that has none", len(payload))
+		}
+	case BackendVringHostNotifier:
+		var p VringArea
+		err = p.UnmarshalBinary(payload)
+		m.Payload = p
+		if err == nil && p.U64&VringNoFd == 0 {
+			wantFds = 1
+		}
+	case BackendVringCall, BackendVringErr:
+		var p VringState
+		err = p.UnmarshalBinary(payload)
+		m.Payload = p
+	case BackendSharedObjectAdd, BackendSharedObjectRemove, BackendSharedObjectLookup:
+		var p SharedObject
+		err = p.UnmarshalBinary(payload)
+		m.Payload = p
+	case BackendShmemMap, BackendShmemUnmap:
+		var p ShmemMapReq
+		err = p.UnmarshalBinary(payload)
+		m.Payload = p
+		if rt == BackendShmemMap {
+			wantFds = 1
+		}
+	default:
+		return m, fmt.Errorf("%v: %w", rt, ErrUnknownRequest)
+	}
+	if err != nil {
+		return m, fmt.Errorf("%v: %w", rt, err)
+	}
+	if nfds != wantFds {
+		return m, fmt.Errorf("%v: %d fds, want %d", rt, nfds, wantFds)
+	}
+	return m, nil
+}

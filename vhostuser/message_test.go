@@ -201,3 +201,41 @@ func hasPadding(rt RequestType) bool {
 	}
 	return false
 }
+
+func TestDecodeBackendMessage(t *testing.T) {
+	mp, _ := ShmemMapReq{Len: 4096, Flags: 1}.MarshalBinary()
+	if m, err := DecodeBackendMessage(Header{uint32(BackendShmemMap), FlagVersion, 40}, mp, 1); err != nil || m.Payload.(ShmemMapReq).Len != 4096 {
+		t.Fatalf("SHMEM_MAP: %+v %v", m, err)
+	}
+	bad := []struct {
+		h   Header
+		p   []byte
+		fds int
+	}{
+		{Header{uint32(BackendShmemMap), FlagVersion, 40}, mp, 0},
+		{Header{uint32(BackendShmemUnmap), FlagVersion, 40}, mp, 1},
+		{Header{uint32(BackendShmemMap), FlagVersion, 39}, mp[:39], 1},
+		{Header{uint32(BackendConfigChangeMsg), FlagVersion, 1}, []byte{0}, 0},
+		{Header{77, FlagVersion, 0}, nil, 0},
+	}
+	for i, c := range bad {
+		if _, err := DecodeBackendMessage(c.h, c.p, c.fds); err == nil {
+			t.Errorf("case %d accepted", i)
+		}
+	}
+}
+
+// FuzzDecodeBackendMessage: the back-end channel decoder never panics.
+func FuzzDecodeBackendMessage(f *testing.F) {
+	mp, _ := ShmemMapReq{Len: 4096, Flags: 1}.MarshalBinary()
+	h, _ := Header{uint32(BackendShmemMap), FlagVersion | FlagNeedReply, 40}.MarshalBinary()
+	f.Add(append(h, mp...), uint8(1))
+	f.Fuzz(func(t *testing.T, data []byte, nfds uint8) {
+		if len(data) < HeaderSize {
+			return
+		}
+		var h Header
+		h.UnmarshalBinary(data[:HeaderSize])
+		DecodeBackendMessage(h, data[HeaderSize:], int(nfds%3))
+	})
+}

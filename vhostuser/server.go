@@ -150,6 +150,43 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// current returns the session being served, or an error.
+func (s *Server) current() (*session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil {
+		return nil, errors.New("no front-end is connected")
+	}
+	return s.cur, nil
+}
+
+// UnmapShmem sends SHMEM_UNMAP for a mapping the device made (QEMU drops
+// every mapping itself when the device stops; this is for a device that
+// withdraws one while running). It must not be called from a Backend
+// method that runs inside the message loop.
+func (s *Server) UnmapShmem(m ShmemMapping) error {
+	sess, err := s.current()
+	if err != nil {
+		return err
+	}
+	proto := sess.proto.Load()
+	if proto&ProtoShmem == 0 {
+		return errors.New("SHMEM_UNMAP: the front-end did not negotiate the shared-memory feature")
+	}
+	p, _ := ShmemMapReq{ShmID: m.ShmID, FdOffset: m.FdOffset, ShmOffset: m.ShmOffset, Len: m.Len}.MarshalBinary()
+	return sess.backendRequest(BackendShmemUnmap, p, nil, proto&ProtoReplyAck != 0)
+}
+
+// NotifyConfigChange tells the front-end that the config space changed
+// (CONFIG_CHANGE_MSG); the guest gets a config interrupt.
+func (s *Server) NotifyConfigChange() error {
+	sess, err := s.current()
+	if err != nil {
+		return err
+	}
+	return sess.backendRequest(BackendConfigChangeMsg, nil, nil, sess.proto.Load()&ProtoReplyAck != 0)
+}
+
 // ServeConn runs one front-end session on c until it disconnects, then
 // resets every queue (requests still in flight complete without touching
 // the ring, so a new back-end can resubmit them from the inflight area).
@@ -188,7 +225,7 @@ type session struct {
 
 	acked     atomic.Uint64 // acked virtio features
 	featSet   bool
-	proto     uint64 // acked protocol features
+	proto     atomic.Uint64 // acked protocol features
 	mem       atomic.Pointer[memTable]
 	queues    []*queue
 	status    atomic.Uint64
@@ -331,7 +368,7 @@ func (s *session) handle(m Message, fds []int) (reply []byte, replyFds []int, er
 		if extra := v &^ s.srv.ProtocolFeatures(); extra != 0 {
 			return nil, nil, fmt.Errorf("SET_PROTOCOL_FEATURES %#x: bits %#x were not offered", v, extra)
 		}
-		s.proto = v
+		s.proto.Store(v)
 		return nil, nil, nil
 	case ReqSetOwner:
 		return nil, nil, nil
@@ -443,11 +480,11 @@ func (s *session) setFeatures(v uint64) error {
 // blocked while it waits for our reply to the current message.
 func (s *session) startShmem() {
 	maps := s.srv.backend.ShmemMappings()
-	if s.mapped || len(maps) == 0 || s.proto&ProtoShmem == 0 {
+	if s.mapped || len(maps) == 0 || s.proto.Load()&ProtoShmem == 0 {
 		return
 	}
 	s.mapped = true
-	needReply := s.proto&ProtoReplyAck != 0
+	needReply := s.proto.Load()&ProtoReplyAck != 0
 	s.mapWG.Add(1)
 	go func() {
 		defer s.mapWG.Done()

@@ -111,7 +111,7 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string) error {
 		return fmt.Errorf("backing %s guest size: %w", path, err)
 	}
 	flusher := fdatasyncFlusher{b.File()}
-	svc, err := pmem.Start(socket, pmem.Options{Flusher: flusher, File: b.File(), Size: size, Shmem: true}, nil)
+	svc, err := pmem.Start(pmem.ServiceOptions{Socket: socket, Name: path}, pmem.Options{Flusher: flusher, File: b.File(), Size: size, Shmem: true})
 	if err != nil {
 		return err
 	}

@@ -606,7 +606,8 @@ func (f *Frontend) Realize(want uint64, nvqs int) (Negotiated, error) {
 	return n, nil
 }
 
-// ShmemMapMsg is one SHMEM_MAP (or UNMAP) the back-end sent.
+// ShmemMapMsg is one back-end request (SHMEM_MAP, SHMEM_UNMAP, ...); Req
+// is set for the shared-memory requests.
 type ShmemMapMsg struct {
 	Header vhostuser.Header
 	Req    vhostuser.ShmemMapReq
@@ -625,9 +626,11 @@ func (f *Frontend) ReadBackendRequest(ack uint64) (ShmemMapMsg, error) {
 		return m, err
 	}
 	m.Header, m.Fds = h, fds
-	if err := m.Req.UnmarshalBinary(p); err != nil {
+	bm, err := vhostuser.DecodeBackendMessage(h, p, len(fds))
+	if err != nil {
 		return m, err
 	}
+	m.Req, _ = bm.Payload.(vhostuser.ShmemMapReq)
 	if h.NeedReply() {
 		rh, _ := vhostuser.Header{Request: h.Request, Flags: vhostuser.ReplyFlags, Size: 8}.MarshalBinary()
 		if _, err := f.Backend.Write(append(rh, U64(ack)...)); err != nil {

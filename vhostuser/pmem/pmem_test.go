@@ -353,6 +353,10 @@ func TestShmemMapOnEveryStart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The map's sender counts it after reading our ack, on its own goroutine.
+	for deadline := time.Now().Add(wait); r.srv.Stats.ShmemMaps.Load() < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if got := r.srv.Stats.ShmemMaps.Load(); got != 2 {
 		t.Fatalf("ShmemMaps = %d, want 2", got)
 	}

@@ -2,28 +2,70 @@ package pmem
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser"
 )
 
-// Service is a running virtio-pmem vhost-user server on one socket: the
-// device, its server and the goroutine accepting front-ends (one at a
-// time; a front-end that reconnects is served again).
-type Service struct {
-	Device *Device
-	Server *vhostuser.Server
-	Socket string
-	done   chan error
+// Metric names of a Device, all with the constant label "device".
+const (
+	MetricFlushes  = "nvdimm_virtio_pmem_flushes_total"          // flush requests answered 0
+	MetricFailures = "nvdimm_virtio_pmem_failures_total"         // requests answered -1
+	MetricInvalid  = "nvdimm_virtio_pmem_invalid_requests_total" // malformed requests
+)
+
+// Collectors returns collectors reading the device's Stats.
+func (d *Device) Collectors(device string) []prometheus.Collector {
+	labels := prometheus.Labels{"device": device}
+	counter := func(name, help string, v func() uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(v()) })
+	}
+	return []prometheus.Collector{
+		counter(MetricFlushes, "virtio-pmem flush requests completed successfully.", d.Stats.Flushes.Load),
+		counter(MetricFailures, "virtio-pmem requests answered with failure (-1).", d.Stats.Failures.Load),
+		counter(MetricInvalid, "Malformed virtio-pmem requests (too short or unknown type).", d.Stats.Invalid.Load),
+	}
 }
 
-// Start creates the device, listens on socket (mode 0600) and serves in
-// the background until Close.
-func Start(socket string, o Options, log *slog.Logger) (*Service, error) {
+// ServiceOptions configure Start.
+type ServiceOptions struct {
+	// Socket is the vhost-user socket path to listen on (mode 0600).
+	Socket string
+	// Name labels logs and metrics ("device").
+	Name string
+	// Registerer receives the server's and device's metrics (nil: none);
+	// they are unregistered by Close.
+	Registerer prometheus.Registerer
+	// Log is the logger (nil: slog.Default()).
+	Log *slog.Logger
+}
+
+// Service is a running virtio-pmem vhost-user server on one socket: the
+// device, its server and the goroutine accepting front-ends (one at a
+// time; a front-end that reconnects is served again). Its Close matches
+// what the daemon expects of a vhost-user server.
+type Service struct {
+	Device     *Device
+	Server     *vhostuser.Server
+	Socket     string
+	reg        prometheus.Registerer
+	collectors []prometheus.Collector
+	done       chan error
+}
+
+// Start creates the device, listens on so.Socket and serves in the
+// background until Close.
+func Start(so ServiceOptions, o Options) (*Service, error) {
+	log := so.Log
 	if log == nil {
 		log = slog.Default()
 	}
+	log = log.With("device", so.Name, "socket", so.Socket)
 	if o.Log == nil {
 		o.Log = log
 	}
@@ -31,30 +73,45 @@ func Start(socket string, o Options, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := vhostuser.NewServer(dev, log.With("socket", socket))
+	srv, err := vhostuser.NewServer(dev, log)
 	if err != nil {
 		return nil, err
 	}
-	if err := srv.Listen(socket); err != nil {
+	s := &Service{Device: dev, Server: srv, Socket: so.Socket, reg: so.Registerer, done: make(chan error, 1)}
+	if so.Registerer != nil {
+		for _, c := range append(srv.Collectors(so.Name), dev.Collectors(so.Name)...) {
+			if err := so.Registerer.Register(c); err != nil {
+				s.unregister()
+				return nil, fmt.Errorf("metrics for %s: %w", so.Name, err)
+			}
+			s.collectors = append(s.collectors, c)
+		}
+	}
+	if err := srv.Listen(so.Socket); err != nil {
+		s.unregister()
 		return nil, err
 	}
-	s := &Service{Device: dev, Server: srv, Socket: socket, done: make(chan error, 1)}
 	go func() { s.done <- srv.Serve(context.Background()) }()
 	return s, nil
 }
 
+func (s *Service) unregister() {
+	for _, c := range s.collectors {
+		s.reg.Unregister(c)
+	}
+	s.collectors = nil
+}
+
 // Close stops listening, ends the current front-end session (its queues
-// are stopped; flushes in flight finish on their own) and waits for the
-// server within ctx.
+// are stopped; flushes in flight finish on their own), unregisters the
+// metrics and waits for the server within ctx.
 func (s *Service) Close(ctx context.Context) error {
 	cerr := s.Server.Close()
+	defer s.unregister()
 	select {
 	case err := <-s.done:
 		s.done <- err
-		if err != nil {
-			return fmt.Errorf("vhost-user server on %s: %w", s.Socket, err)
-		}
-		return cerr
+		return errors.Join(err, cerr)
 	case <-ctx.Done():
 		return fmt.Errorf("vhost-user server on %s: %w", s.Socket, ctx.Err())
 	}

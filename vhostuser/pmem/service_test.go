@@ -1,0 +1,136 @@
+package pmem_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/frontend"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/pmem"
+)
+
+func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "device" && l.GetValue() == "pm0" {
+					out[mf.GetName()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestServiceUnmapConfigChangeAndMetrics runs the Service on a real
+// socket: a flush, SHMEM_UNMAP and CONFIG_CHANGE_MSG sent from outside
+// the message loop, metrics registered and unregistered on Close.
+func TestServiceUnmapConfigChangeAndMetrics(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "pm0.sock")
+	reg := prometheus.NewRegistry()
+	backing := memfdFile(t, 1<<21)
+	svc, err := pmem.Start(pmem.ServiceOptions{Socket: sock, Name: "pm0", Registerer: reg, Log: quietLog()},
+		pmem.Options{Flusher: &countingFlusher{}, File: backing, Size: 1 << 21, Shmem: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pmem.Start(pmem.ServiceOptions{Socket: sock, Name: "pm0", Log: quietLog()},
+		pmem.Options{Flusher: &countingFlusher{}, File: backing, Size: 1 << 21, Shmem: true}); err == nil {
+		t.Fatal("a second service on a live socket started")
+	}
+	if err := svc.Server.NotifyConfigChange(); err == nil {
+		t.Fatal("CONFIG_CHANGE_MSG without a front-end succeeded")
+	}
+	f, err := frontend.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, dev: svc.Device, srv: svc.Server, f: f}
+	defer func() {
+		f.Close()
+		if r.vq != nil {
+			r.vq.Close()
+		}
+	}()
+	if r.neg, err = f.Realize(proto, 1); err != nil {
+		t.Fatal(err)
+	}
+	f.AddRegion(ramGPA, ramSize)
+	if r.vq, err = f.NewVring(0, 64, ramGPA); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	m, err := f.ReadBackendRequest(0)
+	if err != nil || len(m.Fds) != 1 {
+		t.Fatalf("SHMEM_MAP: %v", err)
+	}
+	r.flushReq(0, 0)
+	r.vq.Publish(0)
+	r.vq.Kicked()
+	if _, err := r.vq.WaitUsed(1, wait); err != nil {
+		t.Fatal(err)
+	}
+
+	errc := make(chan error, 1)
+	go func() {
+		errc <- svc.Server.UnmapShmem(svc.Device.ShmemMappings()[0])
+	}()
+	um, err := f.ReadBackendRequest(0)
+	if err != nil || vhostuser.BackendRequestType(um.Header.Request) != vhostuser.BackendShmemUnmap || len(um.Fds) != 0 || um.Req.Len != 1<<21 {
+		t.Fatalf("SHMEM_UNMAP: %+v, %v", um, err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("UnmapShmem: %v", err)
+	}
+	go func() { errc <- svc.Server.NotifyConfigChange() }()
+	cm, err := f.ReadBackendRequest(0)
+	if err != nil || vhostuser.BackendRequestType(cm.Header.Request) != vhostuser.BackendConfigChangeMsg {
+		t.Fatalf("CONFIG_CHANGE_MSG: %+v, %v", cm, err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("NotifyConfigChange: %v", err)
+	}
+	// A failure answered by the front-end is reported.
+	go func() { errc <- svc.Server.UnmapShmem(svc.Device.ShmemMappings()[0]) }()
+	if _, err := f.ReadBackendRequest(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("UnmapShmem ignored the front-end's failure")
+	}
+
+	for deadline := time.Now().Add(wait); svc.Server.Stats.ShmemMaps.Load() < 1 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	got := gather(t, reg)
+	want := map[string]float64{
+		pmem.MetricFlushes: 1, pmem.MetricFailures: 0, vhostuser.MetricRequests: 1,
+		// 2 connections: ours and the probe of the refused second Start.
+		vhostuser.MetricShmemMaps: 1, vhostuser.MetricConnections: 2,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+	if err := svc.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := gather(t, reg); len(got) != 0 {
+		t.Fatalf("metrics left after Close: %v", got)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+}
