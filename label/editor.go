@@ -456,51 +456,9 @@ func (a *Area) Place(size, dimmSize, align uint64) (dpa, got uint64, err error) 
 // rewritten without it (two index updates, as the kernel does). It
 // returns the namespace as parsed afterwards.
 func (e *Editor) Create(s NamespaceSpec) (*Namespace, error) {
-	a := e.area
-	if !a.Labelled {
-		return nil, ErrUnlabelled
-	}
-	if s.DIMMSize == 0 {
-		return nil, errors.New("create namespace: DIMM size unknown")
-	}
-	guid, err := ModeGUID(s.Mode)
+	l, err := e.Plan(s)
 	if err != nil {
 		return nil, err
-	}
-	if s.Mode == ModeSector {
-		return nil, errors.New("create namespace: sector (BTT) mode is not supported")
-	}
-	if s.UUID.IsZero() {
-		if s.UUID, err = NewUUID(); err != nil {
-			return nil, err
-		}
-	}
-	for _, ns := range a.Namespaces() {
-		if ns.UUID == s.UUID {
-			return nil, fmt.Errorf("a namespace with uuid %s already exists (%q)", s.UUID, ns.Name)
-		}
-	}
-	dpa, size, err := a.Place(s.Size, s.DIMMSize, s.Align)
-	if err != nil {
-		return nil, err
-	}
-	v := a.Version()
-	cookie := s.Cookies.For(v)
-	if cookie == 0 {
-		return nil, fmt.Errorf("create namespace: the v%s interleave-set cookie is 0 (Linux ignores such labels)", v)
-	}
-	l := Label{
-		UUID: s.UUID, Flags: FlagUpdating, NLabel: 1, Position: 0,
-		ISetCookie: cookie, LBASize: s.LBASize, DPA: dpa, RawSize: size,
-	}
-	if l.LBASize == 0 {
-		l.LBASize = 512
-	}
-	if err := l.SetName(s.Name); err != nil {
-		return nil, err
-	}
-	if v == V12 {
-		l.TypeGUID, l.AbstractionGUID = PMemTypeGUID, guid
 	}
 	slots, err := e.commit([]Label{l}, nil)
 	if err != nil {
@@ -510,7 +468,82 @@ func (e *Editor) Create(s NamespaceSpec) (*Namespace, error) {
 	if _, err := e.commit([]Label{l}, slots); err != nil {
 		return nil, err
 	}
-	return e.area.FindNamespace(s.UUID, "")
+	return e.area.FindNamespace(l.UUID, "")
+}
+
+// Plan checks s as Create does, without writing anything, and returns
+// the label Create would write first (UPDATING set): its UUID (random if
+// s has none), DPA and RawSize are what the namespace will get. Callers
+// that write something for the namespace before its labels (the info
+// block) call Plan first and pass its UUID and RawSize to Create, which
+// then places the namespace at the same DPA.
+func (e *Editor) Plan(s NamespaceSpec) (Label, error) {
+	a := e.area
+	if !a.Labelled {
+		return Label{}, ErrUnlabelled
+	}
+	if s.DIMMSize == 0 {
+		return Label{}, errors.New("create namespace: DIMM size unknown")
+	}
+	guid, err := ModeGUID(s.Mode)
+	if err != nil {
+		return Label{}, err
+	}
+	if s.Mode == ModeSector {
+		return Label{}, errors.New("create namespace: sector (BTT) mode is not supported")
+	}
+	l := Label{Flags: FlagUpdating, NLabel: 1, Position: 0, LBASize: s.LBASize}
+	if err := l.SetName(s.Name); err != nil {
+		return Label{}, err
+	}
+	if s.UUID.IsZero() {
+		if s.UUID, err = NewUUID(); err != nil {
+			return Label{}, err
+		}
+	}
+	for _, ns := range a.Namespaces() {
+		if ns.UUID == s.UUID {
+			return Label{}, fmt.Errorf("a namespace with uuid %s already exists (%q)", s.UUID, ns.Name)
+		}
+	}
+	// Create takes one slot for the UPDATING label and a second for the
+	// final one before freeing the first.
+	if free := a.freeSlots(); free < 2 {
+		return Label{}, fmt.Errorf("%w: creating a namespace needs 2 free label slots, %d left", ErrFull, free)
+	}
+	dpa, size, err := a.Place(s.Size, s.DIMMSize, s.Align)
+	if err != nil {
+		return Label{}, err
+	}
+	v := a.Version()
+	cookie := s.Cookies.For(v)
+	if cookie == 0 {
+		return Label{}, fmt.Errorf("create namespace: the v%s interleave-set cookie is 0 (Linux ignores such labels)", v)
+	}
+	l.UUID, l.ISetCookie, l.DPA, l.RawSize = s.UUID, cookie, dpa, size
+	if l.LBASize == 0 {
+		l.LBASize = 512
+	}
+	if v == V12 {
+		l.TypeGUID, l.AbstractionGUID = PMemTypeGUID, guid
+	}
+	l.Size = a.Geometry.LabelSize
+	return l, nil
+}
+
+// freeSlots counts the slots the current index marks free.
+func (a *Area) freeSlots() int {
+	x := a.CurrentIndex()
+	if x == nil {
+		return 0
+	}
+	n := 0
+	for k := uint32(0); k < min(a.Geometry.NSlot, x.NSlot); k++ {
+		if x.IsFree(k) {
+			n++
+		}
+	}
+	return n
 }
 
 // rewrite replaces every label of the namespace with a changed copy, in

@@ -75,14 +75,8 @@ func openLabelTarget(path string, o *labelTargetOpts, write bool) (*labelTarget,
 		return nil, err
 	}
 	if write {
-		if err := b.Lock(memfile.LockExclusive, false); err != nil {
-			if !errors.Is(err, memfile.ErrLocked) || !o.force {
-				b.Close()
-				if errors.Is(err, memfile.ErrLocked) {
-					return nil, fmt.Errorf("%w (a running VM uses it; stop it first, or pass --force)", err)
-				}
-				return nil, err
-			}
+		if err := lockForEdit(b, o.force); err != nil {
+			return nil, err
 		}
 	}
 	a, err := b.LabelArea()
@@ -98,6 +92,20 @@ func openLabelTarget(path string, o *labelTargetOpts, write bool) (*labelTarget,
 		t.slot = m.Slot
 	}
 	return t, nil
+}
+
+// lockForEdit takes the backing's exclusive lock; a backing another user
+// (a running VM) holds is refused unless force. On error b is closed.
+func lockForEdit(b *memfile.Backing, force bool) error {
+	err := b.Lock(memfile.LockExclusive, false)
+	if err == nil || (force && errors.Is(err, memfile.ErrLocked)) {
+		return nil
+	}
+	b.Close()
+	if errors.Is(err, memfile.ErrLocked) {
+		return fmt.Errorf("%w (a running VM uses it; stop it first, or pass --force)", err)
+	}
+	return err
 }
 
 // syncFile adds Sync to a bare area file.
@@ -230,8 +238,9 @@ type namespaceJSON struct {
 	InfoBlock *infoJSON   `json:"info_block,omitempty"`
 }
 
+// listJSON is `label list --json`; Version is "" for an unlabelled area
+// (no valid index block), with current_index -1.
 type listJSON struct {
-	Labelled     bool            `json:"labelled"`
 	Version      string          `json:"version"`
 	NSlot        uint32          `json:"nslot"`
 	CurrentIndex int             `json:"current_index"`
@@ -240,7 +249,7 @@ type listJSON struct {
 }
 
 func listArea(t *labelTarget, a *label.Area) listJSON {
-	out := listJSON{Labelled: a.Labelled, Version: string(a.Version()), CurrentIndex: a.Current, Namespaces: []namespaceJSON{}}
+	out := listJSON{Version: string(a.Version()), CurrentIndex: a.Current, Namespaces: []namespaceJSON{}}
 	if x := a.CurrentIndex(); x != nil {
 		out.NSlot, out.Seq = x.NSlot, x.Seq&3
 	}
@@ -272,7 +281,7 @@ func listArea(t *labelTarget, a *label.Area) listJSON {
 }
 
 func printList(w io.Writer, path string, l listJSON) error {
-	if !l.Labelled {
+	if l.Version == "" {
 		_, err := fmt.Fprintf(w, "%s: no valid label index (unlabelled; run label init)\n", path)
 		return err
 	}
@@ -369,18 +378,20 @@ func createNamespace(t *labelTarget, e *label.Editor, spec label.NamespaceSpec) 
 	res.Slot = t.slot
 	spec.Cookies = *t.cookies()
 	spec.DIMMSize = t.dimmSize
-	if spec.UUID.IsZero() {
-		u, err := label.NewUUID()
-		if err != nil {
-			return nil, err
-		}
-		spec.UUID = u
-	}
-	dpa, size, err := e.Area().Place(spec.Size, spec.DIMMSize, spec.Align)
+	// Every check before the first write, so a refusal changes nothing.
+	plan, err := e.Plan(spec)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", t.path, err)
 	}
-	spec.Size = size
+	dpa, size := plan.DPA, plan.RawSize
+	spec.UUID, spec.Size = plan.UUID, size
+	if spec.Mode != label.ModeRaw {
+		// The info block's own checks (namespace big enough for its
+		// memmap) also come before any write.
+		if _, err := label.NewInfoBlock(label.InfoParams{Mode: spec.Mode, ParentUUID: spec.UUID, Size: size}); err != nil {
+			return nil, fmt.Errorf("%s: %w", t.path, err)
+		}
+	}
 	if t.b != nil {
 		if res.InfoBlock, err = writeInfo(t, spec.Mode, dpa, size, spec.UUID); err != nil {
 			return nil, err
@@ -1020,6 +1031,108 @@ guest sees an fsdax or devdax device at first boot.`,
 	return cmd
 }
 
+// infoAt is one place inspect looked for a PFN/DAX info block.
+type infoAt struct {
+	// Namespace and UUID name the labelled namespace ("" for a label-less
+	// device, whose whole guest region is the namespace).
+	Namespace string `json:"namespace"`
+	UUID      string `json:"uuid,omitempty"`
+	// DPA is the namespace start in the guest region; Offset is where the
+	// block sits (DPA + 4 KiB).
+	DPA    uint64 `json:"dpa"`
+	Offset uint64 `json:"offset"`
+	Size   uint64 `json:"size"`
+	// Found reports a PFN or DAX signature there; InfoBlock decodes it.
+	Found     bool      `json:"found"`
+	InfoBlock *infoJSON `json:"info_block,omitempty"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// inspectInfoBlocks decodes the info block of every namespace of the
+// backing at path: each labelled namespace's start (its dpa) or, without
+// a label area, the start of the guest region. Problems are reported in
+// the entries, never as an error; a labelled area without a valid index
+// has no namespaces and gives no entries.
+func inspectInfoBlocks(path string, o memfile.OpenOptions) []infoAt {
+	o.ReadOnly = true
+	b, err := memfile.Open(path, o)
+	if err != nil {
+		return []infoAt{{Error: err.Error()}}
+	}
+	defer b.Close()
+	type place struct {
+		name string
+		uuid label.UUID
+		dpa  uint64
+		size uint64
+	}
+	var places []place
+	if b.Layout().LabelSize == 0 {
+		places = append(places, place{dpa: 0, size: b.Layout().GuestSize})
+	} else {
+		la, err := b.LabelArea()
+		if err != nil {
+			return []infoAt{{Error: err.Error()}}
+		}
+		a, err := label.Parse(la, la.Size())
+		if err != nil {
+			return []infoAt{{Error: err.Error()}}
+		}
+		for _, ns := range a.Namespaces() {
+			places = append(places, place{ns.Name, ns.UUID, ns.DPA(), ns.Size})
+		}
+	}
+	out := []infoAt{}
+	for _, p := range places {
+		e := infoAt{Namespace: p.name, DPA: p.dpa, Offset: p.dpa + label.InfoBlockOffset, Size: p.size}
+		if !p.uuid.IsZero() {
+			e.UUID = p.uuid.String()
+		}
+		err := withData(b, false, func(rw dataRW) error {
+			if p.dpa+label.InfoBlockOffset+label.InfoBlockSize > b.Layout().GuestSize {
+				return fmt.Errorf("namespace at dpa %#x: its info block would lie beyond the %d-byte guest region", p.dpa, b.Layout().GuestSize)
+			}
+			ib, err := label.ReadInfoBlock(rw, int64(p.dpa))
+			if err != nil {
+				return err
+			}
+			e.Found, e.InfoBlock = true, infoToJSON(ib, p.size, p.uuid)
+			return nil
+		})
+		if err != nil && !errors.Is(err, label.ErrNoInfoBlock) {
+			e.Error = err.Error()
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// printInfoBlocks is the human form of inspectInfoBlocks' result.
+func printInfoBlocks(w io.Writer, ibs []infoAt) {
+	for _, e := range ibs {
+		where := fmt.Sprintf("at offset %d", e.Offset)
+		if e.Namespace != "" || e.UUID != "" {
+			where = fmt.Sprintf("of %q %s", e.Namespace, where)
+		}
+		switch {
+		case e.Error != "" && e.Offset == 0:
+			fmt.Fprintf(w, "  info block    unreadable: %s\n", e.Error)
+		case e.Error != "":
+			fmt.Fprintf(w, "  info block    %s: %s\n", where, e.Error)
+		case !e.Found:
+			fmt.Fprintf(w, "  info block    none %s (the guest sees a raw namespace until ndctl sets a mode)\n", where)
+		default:
+			ib := e.InfoBlock
+			fmt.Fprintf(w, "  info block    %s %s: v%s uuid %s, data at +%s, %s usable, align %s",
+				where, ib.Kind, ib.Version, ib.UUID, memfile.FormatSize(ib.DataOff), memfile.FormatSize(ib.DataSize), memfile.FormatSize(uint64(ib.Align)))
+			if !ib.Valid {
+				fmt.Fprintf(w, " (INVALID: %s)", ib.Error)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+}
+
 // openLabelTargetData opens a backing for its data (a label area is not
 // needed).
 func openLabelTargetData(path string, o *labelTargetOpts, write bool) (*labelTarget, error) {
@@ -1031,8 +1144,7 @@ func openLabelTargetData(path string, o *labelTargetOpts, write bool) (*labelTar
 		return nil, err
 	}
 	if write {
-		if err := b.Lock(memfile.LockExclusive, false); err != nil && (!errors.Is(err, memfile.ErrLocked) || !o.force) {
-			b.Close()
+		if err := lockForEdit(b, o.force); err != nil {
 			return nil, err
 		}
 	}

@@ -197,6 +197,13 @@ PATH.nvdimm.json. Sizes accept 4G, 512M, 128K or bytes.`,
 	return cmd
 }
 
+// inspectResult is the JSON output of inspect: the backing's Info and
+// the PFN/DAX info blocks at its namespaces' starts.
+type inspectResult struct {
+	memfile.Info
+	InfoBlocks []infoAt `json:"info_blocks"`
+}
+
 func newInspectCmd() *cobra.Command {
 	var labelSize, align sizeFlag
 	cmd := &cobra.Command{
@@ -204,10 +211,12 @@ func newInspectCmd() *cobra.Command {
 		Short: "Describe a backing: kind, size, DAX, MAP_SYNC, layout, lock, metadata",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in, err := memfile.Inspect(args[0], memfile.OpenOptions{LabelSize: labelSize.v, Align: align.v})
+			oo := memfile.OpenOptions{LabelSize: labelSize.v, Align: align.v}
+			info, err := memfile.Inspect(args[0], oo)
 			if err != nil {
 				return err
 			}
+			in := inspectResult{Info: info, InfoBlocks: inspectInfoBlocks(args[0], oo)}
 			return output(cmd, in, func(w io.Writer) error {
 				l := in.Layout
 				fmt.Fprintf(w, "%s\n", in.Path)
@@ -241,6 +250,7 @@ func newInspectCmd() *cobra.Command {
 				} else {
 					fmt.Fprintf(w, "  metadata      none (layout from --label-size/--align)\n")
 				}
+				printInfoBlocks(w, in.InfoBlocks)
 				for _, wn := range l.Warnings {
 					fmt.Fprintf(w, "warning: %s\n", wn)
 				}
