@@ -145,6 +145,9 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 		return Device{}, fmt.Errorf("device %q attached but not recorded: %w", name, err)
 	}
 	d.locks[name] = lock
+	if req.As == KindNVDIMM {
+		d.startWritebackLocked(copyDevice(dv))
+	}
 	d.log.Info("device attached", "device", name, "qmp", req.QMP, "as", req.As, "addr", att.Addr)
 	return copyDevice(dv), nil
 }
@@ -427,6 +430,10 @@ func (d *Daemon) release(names []string, why string) {
 	var closers []io.Closer
 	d.mu.Lock()
 	for _, n := range names {
+		if wb, ok := d.writebacks[n]; ok { // its last sync runs before the lock goes
+			closers = append(closers, wb)
+			delete(d.writebacks, n)
+		}
 		if l, ok := d.locks[n]; ok {
 			closers = append(closers, l)
 			delete(d.locks, n)
@@ -618,6 +625,24 @@ func (d *Daemon) Recover(ctx context.Context) {
 	}
 }
 
+// startWritebackLocked starts the writeback of an nvdimm attachment; a
+// failure is logged (the device works, only without periodic sync).
+//
+// +checklocks:d.mu
+func (d *Daemon) startWritebackLocked(dv Device) {
+	if d.cfg.Writeback == nil {
+		return
+	}
+	wb, err := d.cfg.Writeback(dv)
+	if err != nil {
+		d.log.Warn("writeback not started", "device", dv.Name, "err", err)
+		return
+	}
+	if wb != nil {
+		d.writebacks[dv.Name] = wb
+	}
+}
+
 // retake re-locks a recovered device's backing and restarts its vhost-user
 // server.
 func (d *Daemon) retake(dv Device) bool {
@@ -639,6 +664,9 @@ func (d *Daemon) retake(dv Device) bool {
 	}
 	d.mu.Lock()
 	d.locks[dv.Name] = l
+	if dv.Attached.Kind == KindNVDIMM {
+		d.startWritebackLocked(dv)
+	}
 	d.mu.Unlock()
 	d.log.Info("device recovered", "device", dv.Name, "qmp", dv.Attached.QMP)
 	return true

@@ -35,6 +35,10 @@ type Config struct {
 	DialQMP     QMPDialer
 	// VhostUser starts vhost-user servers; nil refuses vhost-user attach.
 	VhostUser VhostUserFactory
+	// Writeback, if set, starts periodic writeback for a device attached
+	// as an nvdimm (whose guest has no flush path); the closer stops it.
+	// It may return nil, nil for backings that need none.
+	Writeback func(dev Device) (io.Closer, error)
 	// Registry receives the daemon's metrics; nil creates one.
 	Registry *prometheus.Registry
 	// Timeout bounds each attach, detach and recovery step (default 30 s).
@@ -67,6 +71,8 @@ type Daemon struct {
 	sessions map[string]*vmSession // by QMP path
 	// +checklocks:mu
 	vhost map[string]VhostUserServer // by device name
+	// +checklocks:mu
+	writebacks map[string]io.Closer // by device name, nvdimm attachments
 	// +checklocks:mu
 	closed bool
 
@@ -122,16 +128,17 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg:       cfg,
-		confiner:  conf,
-		log:       cfg.Logger,
-		reg:       cfg.Registry,
-		statePath: filepath.Join(cfg.StateDir, StateFileName),
-		devices:   map[string]*Device{},
-		locks:     map[string]io.Closer{},
-		sessions:  map[string]*vmSession{},
-		vhost:     map[string]VhostUserServer{},
-		stop:      make(chan struct{}),
+		cfg:        cfg,
+		confiner:   conf,
+		log:        cfg.Logger,
+		reg:        cfg.Registry,
+		statePath:  filepath.Join(cfg.StateDir, StateFileName),
+		devices:    map[string]*Device{},
+		locks:      map[string]io.Closer{},
+		sessions:   map[string]*vmSession{},
+		vhost:      map[string]VhostUserServer{},
+		writebacks: map[string]io.Closer{},
+		stop:       make(chan struct{}),
 	}
 	devs, err := loadState(d.statePath)
 	if err != nil {
@@ -387,6 +394,8 @@ func (d *Daemon) Close(ctx context.Context) error {
 	d.vhost = map[string]VhostUserServer{}
 	locks := d.locks
 	d.locks = map[string]io.Closer{}
+	wbs := d.writebacks
+	d.writebacks = map[string]io.Closer{}
 	d.mu.Unlock()
 	var errs []error
 	for _, s := range sessions {
@@ -395,6 +404,11 @@ func (d *Daemon) Close(ctx context.Context) error {
 	for name, srv := range servers {
 		if err := srv.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("vhost-user server %s: %w", name, err))
+		}
+	}
+	for name, wb := range wbs {
+		if err := wb.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("writeback %s: %w", name, err))
 		}
 	}
 	for _, l := range locks {

@@ -3,10 +3,12 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -410,4 +412,45 @@ func TestDetachAcceptedReleases(t *testing.T) {
 		t.Fatal("vhost-user server not stopped")
 	}
 	assertUnlocked(t, dv.Backing)
+}
+
+type recCloser struct {
+	mu sync.Mutex
+	// +checklocks:mu
+	closed bool
+}
+
+func (r *recCloser) Close() error { r.mu.Lock(); r.closed = true; r.mu.Unlock(); return nil }
+func (r *recCloser) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
+func TestNVDIMMWritebackLifecycle(t *testing.T) {
+	e := newEnv(t)
+	e.create("pm0")
+	e.create("vp0")
+	var started []string
+	var wbs []*recCloser
+	e.d.cfg.Writeback = func(dev Device) (io.Closer, error) {
+		started = append(started, dev.Name)
+		r := &recCloser{}
+		wbs = append(wbs, r)
+		return r, nil
+	}
+	if _, err := e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.Attach(context.Background(), "vp0", AttachRequest{QMP: e.qmpPath, As: KindVirtioPMEM}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(started, []string{"pm0"}) {
+		t.Fatalf("writeback started for %v, want only the nvdimm", started)
+	}
+	e.vm.exit()
+	waitFor(t, func() bool { g, _ := e.d.Get("pm0"); return g.Attached == nil })
+	if !wbs[0].isClosed() {
+		t.Fatal("writeback not stopped on release")
+	}
 }
