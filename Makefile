@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build static test unit integration lint bench bench-flush demo clean
+.PHONY: all build static test unit integration lint bench bench-flush bench-guest demo clean
 
 all: build
 
@@ -40,6 +40,10 @@ bench:
 
 bench-flush:
 	$(GO) run ./flushhint/cmd/bench-flush
+
+# Guest flush benchmark: QEMU 11.1 built-in virtio-pmem vs ours over vhost-user.
+bench-guest:
+	NVDIMM_BENCH_GUEST=1 $(GO) test -count=1 -tags integration -timeout 60m -run '^TestBenchGuest$$' -v ./integration/qemu/
 
 demo: build
 	@./scripts/demo.sh

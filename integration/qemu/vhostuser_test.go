@@ -583,6 +583,13 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 		restartedAt = time.Now()
 		ackAtRestart = countLines(acked)
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		go func() {
+			select {
+			case <-c.Done(): // QEMU exited: stop waiting at once
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
 		err = waitLines(wctx, acked, ackAtRestart+40)
 		cancel()
 		flushesAfter = d.flushes("vr")
