@@ -510,6 +510,14 @@ func newLabelInitCmd() *cobra.Command {
 				}
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
+			// --reinit dropped every namespace: forget the recorded one.
+			if m := metaOf(t); m != nil && m.UUID != "" {
+				if u, err := label.ParseUUID(m.UUID); err == nil {
+					if err := recordMeta(t, "", "", u, true); err != nil {
+						return err
+					}
+				}
+			}
 			g := e.Area().Geometry
 			res := map[string]any{"path": args[0], "version": string(v), "nslot": g.NSlot, "index_size": g.IndexSize, "area_size": g.AreaSize}
 			return output(cmd, res, func(w io.Writer) error {
@@ -743,6 +751,14 @@ if the area is not clean. Nothing is changed without --repair.`,
 					return fmt.Errorf("%s: repair: %w", args[0], err)
 				}
 				res.Repair, res.Problems = &r, r.Remaining
+				// Cookies now follow t.slot: record it, as retarget does.
+				if m := metaOf(t); m != nil && r.Retarget > 0 && m.Slot != t.slot {
+					mm := *m
+					mm.Slot = t.slot
+					if err := memfile.WriteMeta(args[0], &mm); err != nil {
+						return err
+					}
+				}
 			} else {
 				a, err := label.Parse(t.dev, t.size)
 				if err != nil {

@@ -317,6 +317,11 @@ func TestLabelEveryVerb(t *testing.T) {
 	if !ck.Clean || ck.Repair == nil || ck.Repair.Retarget != 2 {
 		t.Errorf("check --repair: %+v", ck)
 	}
+	// The repair retargeted to slot 0, so the metadata now says slot 0.
+	if m, _ := memfile.ReadMeta(p); m.Slot != 0 {
+		t.Errorf("metadata slot after check --slot 0 --repair: %d", m.Slot)
+	}
+	cli(t, "label", "check", p)
 
 	// infoblock decodes the devdax block of "bee" at its dpa.
 	var ij infoJSON
@@ -333,6 +338,9 @@ func TestLabelEveryVerb(t *testing.T) {
 	cliJSON(t, &l, "label", "list", p)
 	if l.Version != "1.1" || l.NSlot != 1020 || len(l.Namespaces) != 0 {
 		t.Errorf("after init --version 1.1 --reinit: %+v", l)
+	}
+	if m, _ := memfile.ReadMeta(p); m.Namespace != "" || m.UUID != "" || m.Mode != "" || m.Slot != 0 {
+		t.Errorf("metadata after --reinit: %+v", m)
 	}
 }
 
