@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -708,4 +711,56 @@ func TestLabelDumpCorrupt(t *testing.T) {
 	if out := cli(t, "label", "list", p); !bytes.Contains([]byte(out), []byte("0 namespace(s)")) {
 		t.Errorf("list after repair:\n%s", out)
 	}
+}
+
+// TestLabelLockedByOtherProcess: the lock of another process (this test
+// binary re-run as a holder, standing in for a VM) refuses edits; once it
+// exits the edit goes through.
+func TestLabelLockedByOtherProcess(t *testing.T) {
+	if p := os.Getenv("NVDIMM_TEST_HOLD_LOCK"); p != "" {
+		b, err := memfile.Open(p, memfile.OpenOptions{})
+		if err == nil {
+			err = b.Lock(memfile.LockExclusive, false)
+		}
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("locked")
+		_, _ = io.Copy(io.Discard, os.Stdin) // hold until the parent closes stdin
+		os.Exit(0)
+	}
+	p := newBacking(t)
+	cli(t, "label", "init", p)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLabelLockedByOtherProcess$")
+	cmd.Env = append(os.Environ(), "NVDIMM_TEST_HOLD_LOCK="+p)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = cmd.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "locked\n" {
+		t.Fatalf("holder: %q %v", line, err)
+	}
+	before := fingerprint(t, p)
+	_, err = runMemfileCLI(t, "label", "create", p, "--name", "a", "--size", "16M", "--slot", "0")
+	if !errors.Is(err, memfile.ErrLocked) || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("create while another process holds the lock: %v", err)
+	}
+	if fingerprint(t, p) != before {
+		t.Fatal("refused create changed the backing")
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("holder: %v", err)
+	}
+	cli(t, "label", "create", p, "--name", "a", "--size", "16M", "--slot", "0")
 }
