@@ -4,10 +4,10 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metric names of a Server, all with the constant label "device".
 const (
-	MetricConnections = "nvdimm_vhostuser_connections_total" // front-end connections served
-	MetricRequests    = "nvdimm_vhostuser_requests_total"    // descriptor chains handed to the device
-	MetricBadChains   = "nvdimm_vhostuser_bad_chains_total"  // rings or chains refused (device needs reset)
-	MetricShmemMaps   = "nvdimm_vhostuser_shmem_maps_total"  // SHMEM_MAP requests sent successfully
+	MetricConnections = "nvdimm_backend_vhost_connections_total" // front-end connections served
+	MetricRequests    = "nvdimm_backend_vhost_requests_total"    // descriptor chains handed to the device
+	MetricBadChains   = "nvdimm_backend_vhost_bad_chains_total"  // rings or chains refused (device needs reset)
+	MetricShmemMaps   = "nvdimm_backend_vhost_shmem_maps_total"  // SHMEM_MAP requests sent successfully
 )
 
 // Collectors returns collectors reading the server's Stats, labelled

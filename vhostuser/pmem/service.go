@@ -13,9 +13,9 @@ import (
 
 // Metric names of a Device, all with the constant label "device".
 const (
-	MetricFlushes  = "nvdimm_virtio_pmem_flushes_total"          // flush requests answered 0
-	MetricFailures = "nvdimm_virtio_pmem_failures_total"         // requests answered -1
-	MetricInvalid  = "nvdimm_virtio_pmem_invalid_requests_total" // malformed requests
+	MetricFlushes  = "nvdimm_backend_vhost_pmem_flushes_total"          // flush requests answered 0
+	MetricFailures = "nvdimm_backend_vhost_pmem_failures_total"         // requests answered -1
+	MetricInvalid  = "nvdimm_backend_vhost_pmem_invalid_requests_total" // malformed requests
 )
 
 // Collectors returns collectors reading the device's Stats.
