@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
+	"github.com/nvdimm-backend/nvdimm-backend/flushhint"
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/pmem"
 )
@@ -50,10 +50,14 @@ type vhostUserServeStats struct {
 	Invalid     uint64 `json:"invalid"`
 	BadChains   uint64 `json:"bad_chains"`
 	ShmemMaps   uint64 `json:"shmem_maps"`
+	Syncs       uint64 `json:"syncs"`
+	Coalesced   uint64 `json:"coalesced"`
 }
 
 func vhostUserServeCmd() *cobra.Command {
 	var socket, backing string
+	var rate float64
+	var burst int
 	cmd := &cobra.Command{
 		Use:   "serve --socket PATH --backing PATH",
 		Short: "Serve one backing as a virtio-pmem device on a vhost-user socket until interrupted",
@@ -68,33 +72,18 @@ front-end that disconnects may reconnect. SIGINT or SIGTERM stops serving.`,
 			if socket == "" || backing == "" {
 				return errors.New("--socket and --backing are required")
 			}
-			return runVhostUserServe(cmd, socket, backing)
+			return runVhostUserServe(cmd, socket, backing, flushhint.Options{RateLimit: rate, Burst: burst})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&socket, "socket", "", "vhost-user socket path to listen on")
 	f.StringVar(&backing, "backing", "", "backing file or device (see create)")
+	f.Float64Var(&rate, "rate-limit", 0, "at most this many syncs per second (0: unlimited); flushes arriving meanwhile share the next sync")
+	f.IntVar(&burst, "burst", 1, "syncs allowed back to back before --rate-limit applies")
 	return cmd
 }
 
-// fdatasyncFlusher is the flush path until a flush engine is wired in:
-// every request runs one fdatasync of the backing.
-type fdatasyncFlusher struct{ f *os.File }
-
-func (s fdatasyncFlusher) Flush(context.Context) error {
-	for {
-		err := unix.Fdatasync(int(s.f.Fd()))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("fdatasync %s: %w", s.f.Name(), err)
-		}
-		return nil
-	}
-}
-
-func runVhostUserServe(cmd *cobra.Command, socket, path string) error {
+func runVhostUserServe(cmd *cobra.Command, socket, path string, fo flushhint.Options) error {
 	b, err := memfile.Open(path, memfile.OpenOptions{})
 	if err != nil {
 		return err
@@ -110,15 +99,23 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string) error {
 	if err := memfile.CheckSHMEMRegionSize(size); err != nil {
 		return fmt.Errorf("backing %s guest size: %w", path, err)
 	}
-	flusher := fdatasyncFlusher{b.File()}
-	svc, err := pmem.Start(pmem.ServiceOptions{Socket: socket, Name: path}, pmem.Options{Flusher: flusher, File: b.File(), Size: size, Shmem: true})
+	strat, err := flushhint.ForBacking(b.Kind(), b.File(), "")
+	if err != nil {
+		return err
+	}
+	engine, err := flushhint.NewEngine(path, strat, fo)
+	if err != nil {
+		return err
+	}
+	defer engine.Close()
+	svc, err := pmem.Start(pmem.ServiceOptions{Socket: socket, Name: path}, pmem.Options{Flusher: engine, File: b.File(), Size: size, Shmem: true})
 	if err != nil {
 		return err
 	}
 	info := vhostUserServeInfo{
 		Socket: socket, Backing: path, Kind: b.Kind(), Size: size,
-		Flush:     "fdatasync per request",
-		Guarantee: "a flush completes after an fdatasync of the backing that started after the request arrived",
+		Flush:     strat.Name(),
+		Guarantee: strat.Guarantee(),
 		QEMUArgs: []string{
 			"-object", "memory-backend-memfd,id=ram,size=RAM,share=on", "-machine", "memory-backend=ram",
 			"-chardev", "socket,id=pmem0,path=" + socket,
@@ -127,7 +124,7 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string) error {
 	}
 	if err := output(cmd, info, func(w io.Writer) error {
 		fmt.Fprintf(w, "serving %s (%s, %s) as virtio-pmem on %s\n", path, b.Kind(), memfile.FormatSize(size), socket)
-		fmt.Fprintf(w, "flush: %s\n", info.Flush)
+		fmt.Fprintf(w, "flush: %s with group commit; %s\n", info.Flush, info.Guarantee)
 		fmt.Fprintf(w, "QEMU (11.1.2 or later; guest RAM must be shared):\n")
 		for i := 0; i < len(info.QEMUArgs); i += 2 {
 			fmt.Fprintf(w, "  %s %s\n", info.QEMUArgs[i], info.QEMUArgs[i+1])
@@ -143,15 +140,20 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string) error {
 	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cerr := svc.Close(cctx)
+	if err := engine.Close(); err != nil && cerr == nil {
+		cerr = fmt.Errorf("final sync of %s: %w", path, err)
+	}
+	es := engine.Stats()
 	st := &svc.Server.Stats
 	ds := &svc.Device.Stats
 	res := vhostUserServeStats{
 		Connections: st.Connections.Load(), Requests: st.Requests.Load(), BadChains: st.BadChains.Load(),
 		ShmemMaps: st.ShmemMaps.Load(), Flushes: ds.Flushes.Load(), Failures: ds.Failures.Load(), Invalid: ds.Invalid.Load(),
+		Syncs: es.Syncs, Coalesced: es.Coalesced,
 	}
 	if err := output(cmd, res, func(w io.Writer) error {
-		_, err := fmt.Fprintf(w, "stopped: %d connections, %d requests, %d flushes, %d failed, %d invalid, %d bad chains\n",
-			res.Connections, res.Requests, res.Flushes, res.Failures, res.Invalid, res.BadChains)
+		_, err := fmt.Fprintf(w, "stopped: %d connections, %d requests, %d flushes (%d syncs, %d coalesced), %d failed, %d invalid, %d bad chains\n",
+			res.Connections, res.Requests, res.Flushes, res.Syncs, res.Coalesced, res.Failures, res.Invalid, res.BadChains)
 		return err
 	}); err != nil {
 		return err
