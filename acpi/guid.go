@@ -1,59 +1,26 @@
 package acpi
 
 import (
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
-	"strings"
+	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
+
+	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
 )
 
 // GUID is a 16-byte GUID in the EFI mixed-endian byte order ACPI stores:
 // the first three groups little-endian, the last two as written.
-type GUID [16]byte
-
-// String returns the canonical lower-case form, e.g.
-// 66f0d379-b4f3-4074-ac43-0d3318b78cdb.
-func (g GUID) String() string {
-	return fmt.Sprintf("%08x-%04x-%04x-%x-%x",
-		binary.LittleEndian.Uint32(g[0:4]),
-		binary.LittleEndian.Uint16(g[4:6]),
-		binary.LittleEndian.Uint16(g[6:8]),
-		g[8:10], g[10:16])
-}
+type GUID = guid.GUID
 
 // ParseGUID parses the canonical textual form into mixed-endian bytes.
 func ParseGUID(s string) (GUID, error) {
-	var g GUID
-	parts := strings.Split(s, "-")
-	want := []int{8, 4, 4, 4, 12}
-	if len(parts) != len(want) {
-		return g, fmt.Errorf("acpi: GUID %q: want 5 dash-separated groups", s)
+	g, err := guid.Parse(s)
+	if err != nil {
+		return g, fmt.Errorf("acpi: %w", err)
 	}
-	var raw []byte
-	for i, p := range parts {
-		if len(p) != want[i] {
-			return g, fmt.Errorf("acpi: GUID %q: group %d has %d hex digits, want %d", s, i+1, len(p), want[i])
-		}
-		b, err := hex.DecodeString(p)
-		if err != nil {
-			return g, fmt.Errorf("acpi: GUID %q: %w", s, err)
-		}
-		raw = append(raw, b...)
-	}
-	binary.LittleEndian.PutUint32(g[0:], binary.BigEndian.Uint32(raw[0:4]))
-	binary.LittleEndian.PutUint16(g[4:], binary.BigEndian.Uint16(raw[4:6]))
-	binary.LittleEndian.PutUint16(g[6:], binary.BigEndian.Uint16(raw[6:8]))
-	copy(g[8:], raw[8:])
 	return g, nil
 }
 
-func mustGUID(s string) GUID {
-	g, err := ParseGUID(s)
-	if err != nil {
-		panic(err)
-	}
-	return g
-}
+var mustGUID = guid.MustParse
 
 // Address range type GUIDs of SPA range structures (ACPI 6.x, 5.2.25.2).
 var (

@@ -4,7 +4,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
 	"strings"
+
+	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
 )
 
 // UUID is a namespace or info-block UUID stored in RFC 4122 byte order
@@ -14,7 +17,7 @@ type UUID [16]byte
 // GUID is an EFI GUID stored in mixed-endian form: the first three groups
 // little-endian, the rest as printed. Label type and abstraction GUIDs use
 // it.
-type GUID [16]byte
+type GUID = guid.GUID
 
 // IsZero reports whether u is all zeros.
 func (u UUID) IsZero() bool { return u == UUID{} }
@@ -74,40 +77,16 @@ func NewUUID() (UUID, error) {
 	return u, nil
 }
 
-// IsZero reports whether g is all zeros.
-func (g GUID) IsZero() bool { return g == GUID{} }
-
-// String formats g canonically (converting from the mixed-endian storage).
-func (g GUID) String() string {
-	var b [16]byte
-	b[0], b[1], b[2], b[3] = g[3], g[2], g[1], g[0]
-	b[4], b[5] = g[5], g[4]
-	b[6], b[7] = g[7], g[6]
-	copy(b[8:], g[8:])
-	return formatUUID(b)
-}
-
 // ParseGUID parses the canonical form into mixed-endian storage.
 func ParseGUID(s string) (GUID, error) {
-	u, err := ParseUUID(s)
+	g, err := guid.Parse(s)
 	if err != nil {
 		return GUID{}, fmt.Errorf("guid: %w", err)
 	}
-	var g GUID
-	g[0], g[1], g[2], g[3] = u[3], u[2], u[1], u[0]
-	g[4], g[5] = u[5], u[4]
-	g[6], g[7] = u[7], u[6]
-	copy(g[8:], u[8:])
 	return g, nil
 }
 
-func mustGUID(s string) GUID {
-	g, err := ParseGUID(s)
-	if err != nil {
-		panic(err)
-	}
-	return g
-}
+var mustGUID = guid.MustParse
 
 // Well-known GUIDs of v1.2 labels.
 var (
