@@ -17,12 +17,21 @@ import (
 // ErrClosed is returned by Flush on an engine that is closed or closing.
 var ErrClosed = errors.New("flush engine closed")
 
+// DefaultMaxInFlight is the number of concurrent syncs an engine allows
+// unless Options.MaxInFlight says otherwise.
+const DefaultMaxInFlight = 1
+
 // Options tune an Engine. The zero value is group commit with no rate
 // limit, no writeback and unregistered metrics.
 type Options struct {
 	// RateLimit caps the syncs issued per second (0: unlimited). Requests
 	// arriving while a sync waits for a token join that sync.
 	RateLimit float64
+	// MaxInFlight is how many syncs may run at once (0: DefaultMaxInFlight).
+	// Each still covers only requests that arrived before it started; a
+	// second sync lets a device that completes concurrent flushes in
+	// parallel do so, while arrivals keep coalescing.
+	MaxInFlight int
 	// Burst is how many syncs may run back to back before RateLimit
 	// applies (default 1).
 	Burst int
@@ -90,10 +99,11 @@ type Engine struct {
 	// open is the batch accepting arrivals: its sync has not started.
 	// +checklocks:mu
 	open *batch
-	// leading is true while some goroutine leads a batch (waiting for the
-	// rate limit or running a sync) or a lead token is in flight.
+	// inflight counts led batches: syncs running, leaders waiting for the
+	// rate limit, and lead tokens not yet taken. At most maxInFlight.
 	// +checklocks:mu
-	leading bool
+	inflight    int
+	maxInFlight int
 
 	requests, syncs, coalesced, errs, waits atomic.Uint64
 	waiting                                 atomic.Int64
@@ -119,6 +129,9 @@ func NewEngine(name string, s Strategy, o Options) (*Engine, error) {
 	if o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0) {
 		return nil, fmt.Errorf("flush engine %s: rate limit %v: want a finite number of syncs per second >= 0", name, o.RateLimit)
 	}
+	if o.MaxInFlight < 0 || o.MaxInFlight > 64 {
+		return nil, fmt.Errorf("flush engine %s: max in flight %d: want 0 (default) to 64", name, o.MaxInFlight)
+	}
 	if o.Burst < 0 {
 		return nil, fmt.Errorf("flush engine %s: burst %d: want >= 0", name, o.Burst)
 	}
@@ -132,7 +145,10 @@ func NewEngine(name string, s Strategy, o Options) (*Engine, error) {
 			return nil, fmt.Errorf("flush engine %s: %w", name, err)
 		}
 	}
-	e := &Engine{name: name, strat: s, m: v.forDevice(name), log: o.Logger}
+	e := &Engine{name: name, strat: s, m: v.forDevice(name), log: o.Logger, maxInFlight: o.MaxInFlight}
+	if e.maxInFlight == 0 {
+		e.maxInFlight = DefaultMaxInFlight
+	}
 	if e.log == nil {
 		e.log = slog.Default()
 	}
@@ -180,8 +196,8 @@ func (e *Engine) flush(ctx context.Context) error {
 		e.open = b
 	}
 	b.n++
-	if !e.leading {
-		e.leading = true
+	if !b.hasLeader && e.inflight < e.maxInFlight {
+		e.inflight++
 		b.hasLeader = true
 		e.mu.Unlock()
 		return e.lead(ctx, b)
@@ -244,7 +260,7 @@ func (e *Engine) dropLocked(b *batch) {
 	if e.open == b {
 		e.open = nil
 	}
-	e.leading = false
+	e.inflight--
 }
 
 // lead runs b's sync: wait for the rate limit (arrivals meanwhile join b),
@@ -283,12 +299,12 @@ func (e *Engine) lead(ctx context.Context, b *batch) error {
 		close(done)
 	}
 	e.mu.Lock()
-	if next := e.open; next != nil {
+	e.inflight--
+	if next := e.open; next != nil && !next.hasLeader {
 		// next has waiters: a batch whose waiters all left is dropped.
+		e.inflight++
 		next.hasLeader = true
 		next.lead <- struct{}{}
-	} else {
-		e.leading = false
 	}
 	e.mu.Unlock()
 	if n > 1 {

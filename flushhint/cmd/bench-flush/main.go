@@ -64,8 +64,9 @@ func (r result) pct(p float64) time.Duration {
 
 func main() {
 	dir := flag.String("dir", ".", "directory whose filesystem is measured (a temporary directory is made in it)")
-	dur := flag.Duration("duration", 1500*time.Millisecond, "duration of one case run")
-	reps := flag.Int("reps", 2, "runs per case (the modes alternate)")
+	dur := flag.Duration("slice", 250*time.Millisecond, "duration of one run of one mode")
+	reps := flag.Int("slices", 10, "runs per mode and flusher count (the modes alternate)")
+	inflight := flag.Int("inflight", 0, "group commit: syncs allowed at once (0: the engine's default)")
 	list := flag.String("flushers", "1,4,16,64", "comma-separated concurrent flusher counts")
 	flag.Parse()
 	var ns []int
@@ -78,10 +79,10 @@ func main() {
 		ns = append(ns, n)
 	}
 	if *reps < 1 || *dur <= 0 {
-		fmt.Fprintln(os.Stderr, "bench-flush: -reps and -duration must be positive")
+		fmt.Fprintln(os.Stderr, "bench-flush: -slices and -slice must be positive")
 		os.Exit(2)
 	}
-	if err := run(*dir, ns, *dur, *reps); err != nil {
+	if err := run(*dir, ns, *dur, *reps, *inflight); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-flush:", err)
 		os.Exit(1)
 	}
@@ -107,7 +108,7 @@ func fsName(dir string) (string, bool) {
 	return fmt.Sprintf("type %#x", st.Type), false
 }
 
-func run(dir string, ns []int, dur time.Duration, reps int) error {
+func run(dir string, ns []int, dur time.Duration, reps, inflight int) error {
 	tmp, err := os.MkdirTemp(dir, ".bench-flush-")
 	if err != nil {
 		return err
@@ -123,7 +124,7 @@ func run(dir string, ns []int, dur time.Duration, reps int) error {
 
 	name, memory := fsName(tmp)
 	abs, _ := filepath.Abs(dir)
-	fmt.Printf("bench-flush: file on %s (filesystem of %s), %d KiB writes, %v per run, %d runs per case\n", name, filepath.Base(abs), writeSize/1024, dur, reps)
+	fmt.Printf("bench-flush: file on %s (filesystem of %s), %d KiB writes, %d alternating runs of %v per mode and count\n", name, filepath.Base(abs), writeSize/1024, reps, dur)
 	if memory {
 		fmt.Printf("note: %s keeps files in memory, so fdatasync costs nothing there and the speedups below mean nothing; use -dir on a disk filesystem\n", name)
 	}
@@ -156,7 +157,7 @@ func run(dir string, ns []int, dur time.Duration, reps int) error {
 
 	fd := int(f.Fd())
 	perRequest := func(context.Context) error { return unix.Fdatasync(fd) }
-	eng, err := flushhint.NewEngine("bench", flushhint.ForFile(f), flushhint.Options{})
+	eng, err := flushhint.NewEngine("bench", flushhint.ForFile(f), flushhint.Options{MaxInFlight: inflight})
 	if err != nil {
 		return err
 	}
@@ -166,16 +167,27 @@ func run(dir string, ns []int, dur time.Duration, reps int) error {
 	runCase(mem, 4, 200*time.Millisecond, perRequest)
 	runCase(mem, 4, 200*time.Millisecond, eng.Flush)
 
-	type pair struct{ per, group result }
+	type pair struct {
+		per, group result
+		ratios     []float64 // group over per-request, per adjacent pair of runs
+	}
 	results := make([]pair, len(ns))
 	for i, n := range ns {
+		// The machine is shared: alternate the modes in short slices (ABBA)
+		// so that load changing over time hits both alike.
 		for r := 0; r < reps; r++ {
+			var p, g result
 			if r%2 == 0 {
-				results[i].per.add(runCase(mem, n, dur, perRequest))
-				results[i].group.add(runCase(mem, n, dur, eng.Flush))
+				p = runCase(mem, n, dur, perRequest)
+				g = runCase(mem, n, dur, eng.Flush)
 			} else {
-				results[i].group.add(runCase(mem, n, dur, eng.Flush))
-				results[i].per.add(runCase(mem, n, dur, perRequest))
+				g = runCase(mem, n, dur, eng.Flush)
+				p = runCase(mem, n, dur, perRequest)
+			}
+			results[i].per.add(p)
+			results[i].group.add(g)
+			if p.ops > 0 {
+				results[i].ratios = append(results[i].ratios, g.opsPerSec()/p.opsPerSec())
 			}
 		}
 		p, g := results[i].per, results[i].group
@@ -184,12 +196,19 @@ func run(dir string, ns []int, dur time.Duration, reps int) error {
 	}
 	st := eng.Stats()
 	fmt.Printf("group commit: %d requests, %d syncs, %d coalesced, %d errors\n", st.Requests, st.Syncs, st.Coalesced, st.Errors)
+	fmt.Println("speedup: median over the adjacent run pairs of group-commit over per-request throughput (robust to load from other processes); total: ratio of the totals")
 	for i, n := range ns {
 		p := results[i].per.opsPerSec()
-		if p == 0 {
+		if p == 0 || len(results[i].ratios) == 0 {
 			return errors.New("per-request mode completed no operation")
 		}
-		fmt.Printf("flush speedup x%d: %.2f\n", n, results[i].group.opsPerSec()/p)
+		r := slices.Clone(results[i].ratios)
+		slices.Sort(r)
+		med := r[len(r)/2]
+		if len(r)%2 == 0 {
+			med = (r[len(r)/2-1] + r[len(r)/2]) / 2
+		}
+		fmt.Printf("flush speedup x%d: %.2f (total %.2f)\n", n, med, results[i].group.opsPerSec()/p)
 	}
 	return nil
 }
