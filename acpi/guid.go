@@ -2,7 +2,6 @@ package acpi
 
 import (
 	"fmt"
-	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
 
 	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
 )

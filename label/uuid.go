@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
 	"strings"
 
 	"github.com/nvdimm-backend/nvdimm-backend/internal/guid"
