@@ -16,6 +16,10 @@ import (
 	"gvisor.dev/gvisor/pkg/sync"
 )
 
+// backendReplyTimeout bounds the wait for the front-end's answer to a
+// back-end request (QEMU answers SHMEM_MAP from its main loop at once).
+const backendReplyTimeout = 30 * time.Second
+
 // StatusNeedsReset is the virtio DEVICE_NEEDS_RESET status bit.
 const StatusNeedsReset = 0x40
 
@@ -231,9 +235,11 @@ type session struct {
 	status    atomic.Uint64
 	needReset atomic.Bool
 
+	// backendMu serialises request/reply pairs on the back-end channel;
+	// backendCh can be swapped or closed without it, so a front-end that
+	// never answers cannot keep the session from ending.
 	backendMu sync.Mutex
-	// +checklocks:backendMu
-	backend *msgConn
+	backendCh atomic.Pointer[msgConn]
 
 	inflight      []byte // mapping of the inflight area
 	inflightQSize uint16
@@ -512,20 +518,26 @@ func (s *session) sendShmemMap(m ShmemMapping, needReply bool) error {
 func (s *session) backendRequest(rt BackendRequestType, payload []byte, fds []int, needReply bool) error {
 	s.backendMu.Lock()
 	defer s.backendMu.Unlock()
-	if s.backend == nil {
+	ch := s.backendCh.Load()
+	if ch == nil {
 		return fmt.Errorf("%v: the front-end gave no back-end channel (SET_BACKEND_REQ_FD)", rt)
 	}
 	flags := FlagVersion
 	if needReply {
 		flags |= FlagNeedReply
 	}
-	if err := s.backend.writeMessage(Header{Request: uint32(rt), Flags: flags}, payload, fds); err != nil {
+	ch.c.SetWriteDeadline(time.Now().Add(backendReplyTimeout))
+	err := ch.writeMessage(Header{Request: uint32(rt), Flags: flags}, payload, fds)
+	ch.c.SetWriteDeadline(time.Time{})
+	if err != nil {
 		return fmt.Errorf("%v: %w", rt, err)
 	}
 	if !needReply {
 		return nil
 	}
-	h, p, rfds, err := s.backend.readMessage(true)
+	ch.c.SetReadDeadline(time.Now().Add(backendReplyTimeout))
+	h, p, rfds, err := ch.readMessage(true)
+	ch.c.SetReadDeadline(time.Time{})
 	closeFds(rfds)
 	if err != nil {
 		return fmt.Errorf("%v reply: %w", rt, err)
@@ -548,12 +560,9 @@ func (s *session) setBackendReqFd(fd int) error {
 	if err != nil {
 		return err
 	}
-	s.backendMu.Lock()
-	defer s.backendMu.Unlock()
-	if s.backend != nil {
-		s.backend.c.Close()
+	if old := s.backendCh.Swap(&msgConn{c: c, name: "back-end channel"}); old != nil {
+		old.c.Close()
 	}
-	s.backend = &msgConn{c: c, name: "back-end channel"}
 	return nil
 }
 
@@ -915,12 +924,9 @@ func (s *session) reset() {
 func (s *session) teardown() {
 	s.cancel()
 	s.conn.c.Close()
-	s.backendMu.Lock()
-	if s.backend != nil {
-		s.backend.c.Close()
-		s.backend = nil
+	if ch := s.backendCh.Swap(nil); ch != nil {
+		ch.c.Close()
 	}
-	s.backendMu.Unlock()
 	s.mapWG.Wait()
 	for _, q := range s.queues {
 		q.abandoned.Store(true)

@@ -68,12 +68,13 @@ func memfdFile(t testing.TB, size int64) *os.File {
 }
 
 type rig struct {
-	t   testing.TB
-	dev *pmem.Device
-	srv *vhostuser.Server
-	f   *frontend.Frontend
-	vq  *frontend.Vring
-	neg frontend.Negotiated
+	t    testing.TB
+	dev  *pmem.Device
+	srv  *vhostuser.Server
+	f    *frontend.Frontend
+	vq   *frontend.Vring
+	neg  frontend.Negotiated
+	done chan error
 }
 
 const proto = vhostuser.ProtoReplyAck | vhostuser.ProtoConfig | vhostuser.ProtoBackendReq |
@@ -96,10 +97,15 @@ func newRig(t testing.TB, o pmem.Options, qsize uint16) *rig {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeConn(context.Background(), sc) }()
-	r := &rig{t: t, dev: dev, srv: srv, f: f}
+	r := &rig{t: t, dev: dev, srv: srv, f: f, done: done}
 	t.Cleanup(func() {
 		f.Close()
-		<-done
+		select {
+		case err := <-done:
+			done <- err
+		case <-time.After(wait):
+			t.Error("session did not end after the front-end closed")
+		}
 		if r.vq != nil {
 			r.vq.Close()
 		}
@@ -409,4 +415,18 @@ func BenchmarkPmemRequestPath(b *testing.B) {
 	el := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/el.Seconds(), "req/s/queue")
+}
+
+// TestUnansweredShmemMapDoesNotHang: a front-end that never answers
+// SHMEM_MAP and then goes away must not keep the session alive.
+func TestUnansweredShmemMapDoesNotHang(t *testing.T) {
+	r := newRig(t, pmem.Options{Flusher: &countingFlusher{}, File: memfdFile(t, 1<<21), Size: 1 << 21, Shmem: true}, 128)
+	r.start()
+	r.f.Conn.Close() // the back-end channel stays open and silent
+	select {
+	case err := <-r.done:
+		r.done <- err
+	case <-time.After(wait):
+		t.Fatal("session still running after the front-end closed with a SHMEM_MAP unanswered")
+	}
 }

@@ -14,7 +14,7 @@ import (
 // Metric names of a Device, all with the constant label "device".
 const (
 	MetricFlushes  = "nvdimm_backend_vhost_pmem_flushes_total"          // flush requests answered 0
-	MetricFailures = "nvdimm_backend_vhost_pmem_failures_total"         // requests answered -1
+	MetricFailures = "nvdimm_backend_vhost_pmem_flush_failures_total"   // requests answered -1
 	MetricInvalid  = "nvdimm_backend_vhost_pmem_invalid_requests_total" // malformed requests
 )
 
