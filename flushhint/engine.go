@@ -102,7 +102,8 @@ type Engine struct {
 	// inflight counts led batches: syncs running, leaders waiting for the
 	// rate limit, and lead tokens not yet taken. At most maxInFlight.
 	// +checklocks:mu
-	inflight    int
+	inflight int
+	// +checklocks:mu
 	maxInFlight int
 
 	requests, syncs, coalesced, errs, waits atomic.Uint64

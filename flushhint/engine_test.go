@@ -26,8 +26,9 @@ type syncRec struct{ start, end uint64 }
 // recStrategy records each sync's start and end ticks; it can block each
 // sync until released and fail chosen syncs.
 type recStrategy struct {
-	clk     *clock
-	mu      gosync.Mutex
+	clk *clock
+	mu  gosync.Mutex
+	// +checklocks:mu
 	recs    []syncRec
 	running atomic.Int32
 	overlap atomic.Bool

@@ -10,11 +10,13 @@ import (
 // tokenBucket limits syncs per device: it holds up to burst tokens, gains
 // rate tokens per second, and each sync takes one.
 type tokenBucket struct {
-	rate  float64
-	burst float64
-	now   func() time.Time
-
 	mu sync.Mutex
+	// +checklocks:mu
+	rate float64
+	// +checklocks:mu
+	burst float64
+	// +checklocks:mu
+	now func() time.Time
 	// +checklocks:mu
 	tokens float64
 	// +checklocks:mu
