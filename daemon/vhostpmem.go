@@ -4,14 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
-	"os"
-	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/nvdimm-backend/nvdimm-backend/flushhint"
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser"
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/pmem"
@@ -25,29 +26,12 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
-// syncFlusher makes a flush durable with fsync of the backing (what QEMU's
-// own virtio-pmem does) and counts flushes in flight so that Close can
-// drain them.
-type syncFlusher struct {
-	f  *os.File
-	wg sync.WaitGroup
-}
-
-func (s *syncFlusher) Flush(ctx context.Context) error {
-	s.wg.Add(1)
-	defer s.wg.Done()
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", s.f.Name(), err)
-	}
-	return nil
-}
-
 // pmemServer is one device's vhost-user virtio-pmem server.
 type pmemServer struct {
 	name    string
 	backing *memfile.Backing
 	srv     *vhostuser.Server
-	flusher *syncFlusher
+	engine  *flushhint.Engine
 	cancel  context.CancelFunc
 	done    chan struct{}
 	reg     prometheus.Registerer
@@ -56,8 +40,10 @@ type pmemServer struct {
 
 // PMemVhostUser returns the production VhostUserFactory: a virtio-pmem
 // device (vhostuser/pmem) exposing the backing as shared-memory region 0,
-// flushing with fsync, served on the socket with vhostuser.Server. Its
-// counters are registered in reg with a "device" label.
+// its flushes going through a flushhint.Engine (group commit, the sync
+// strategy memfile's kind calls for), served on the socket with
+// vhostuser.Server. The engine's and the server's metrics are registered
+// in reg with a "device" label.
 func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory {
 	if log == nil {
 		log = slog.Default()
@@ -70,23 +56,34 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 		if err != nil {
 			return nil, err
 		}
-		fl := &syncFlusher{f: b.File()}
-		pd, err := pmem.New(pmem.Options{Flusher: fl, File: b.File(), Size: dev.Size, Shmem: true, Log: log.With("device", dev.Name)})
+		strat, err := flushhint.ForBacking(b.Kind(), b.File(), "")
 		if err != nil {
 			b.Close()
 			return nil, err
+		}
+		eng, err := flushhint.NewEngine(dev.Name, strat, flushhint.Options{Registerer: reg, Logger: log})
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		fail := func(err error) (VhostUserServer, error) {
+			eng.Close()
+			b.Close()
+			return nil, err
+		}
+		pd, err := pmem.New(pmem.Options{Flusher: eng, File: b.File(), Size: dev.Size, Shmem: true, Log: log.With("device", dev.Name)})
+		if err != nil {
+			return fail(err)
 		}
 		srv, err := vhostuser.NewServer(pd, log.With("device", dev.Name))
 		if err != nil {
-			b.Close()
-			return nil, err
+			return fail(err)
 		}
 		if err := srv.Listen(sock); err != nil {
-			b.Close()
-			return nil, err
+			return fail(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		p := &pmemServer{name: dev.Name, backing: b, srv: srv, flusher: fl, cancel: cancel, done: make(chan struct{}), reg: reg}
+		p := &pmemServer{name: dev.Name, backing: b, srv: srv, engine: eng, cancel: cancel, done: make(chan struct{}), reg: reg}
 		labels := prometheus.Labels{"device": dev.Name}
 		counter := func(name, help string, f func() uint64) prometheus.Collector {
 			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return float64(f()) })
@@ -115,8 +112,8 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 	}
 }
 
-// Close stops the server, waits (within ctx) for flushes in flight,
-// makes the backing durable once more and closes it.
+// Close stops the server, then closes the flush engine, which waits for
+// flushes in flight and syncs once more, and closes the backing.
 func (p *pmemServer) Close(ctx context.Context) error {
 	err := p.srv.Close()
 	p.cancel()
@@ -128,15 +125,13 @@ func (p *pmemServer) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("vhost-user server %s: %w", p.name, ctx.Err())
 	}
-	drained := make(chan struct{})
-	go func() { p.flusher.wg.Wait(); close(drained) }()
+	drained := make(chan error, 1)
+	go func() { drained <- p.engine.Close() }()
 	select {
-	case <-drained:
+	case eerr := <-drained:
+		err = errors.Join(err, eerr)
 	case <-ctx.Done():
 		return fmt.Errorf("vhost-user server %s: flushes still in flight: %w", p.name, ctx.Err())
-	}
-	if serr := p.backing.File().Sync(); serr != nil {
-		err = errors.Join(err, serr)
 	}
 	if p.reg != nil {
 		for _, m := range p.metrics {
@@ -144,4 +139,38 @@ func (p *pmemServer) Close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(err, p.backing.Close())
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// FileWriteback returns a Config.Writeback for NVDIMMs on plain files:
+// their guests have no flush path, so a flushhint engine syncs the backing
+// every interval (bounding how long written data stays volatile) and
+// reports the bytes not yet durable. DAX backings and read-only devices
+// get none.
+func FileWriteback(reg prometheus.Registerer, interval time.Duration, log *slog.Logger) func(Device) (io.Closer, error) {
+	return func(dev Device) (io.Closer, error) {
+		if interval <= 0 || dev.ReadOnly {
+			return nil, nil
+		}
+		b, err := memfile.Open(dev.Backing, memfile.OpenOptions{ReadOnly: true})
+		if err != nil {
+			return nil, err
+		}
+		if b.Kind() != memfile.KindFile {
+			b.Close()
+			return nil, nil
+		}
+		eng, err := flushhint.NewEngine(dev.Name, flushhint.ForFile(b.File()), flushhint.Options{
+			Registerer: reg, Logger: log,
+			Writeback: flushhint.Writeback{Interval: interval, File: b.File()},
+		})
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		return closerFunc(func() error { return errors.Join(eng.Close(), b.Close()) }), nil
+	}
 }

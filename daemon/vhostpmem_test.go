@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nvdimm-backend/nvdimm-backend/flushhint"
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser"
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/frontend"
@@ -54,8 +55,11 @@ func TestPMemVhostUserServer(t *testing.T) {
 		t.Fatalf("connection metric series: %d", n)
 	}
 	ps := srv.(*pmemServer)
-	if err := ps.flusher.Flush(context.Background()); err != nil {
+	if err := ps.engine.Flush(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if n := seriesCount(t, reg, flushhint.MetricRequests); n != 1 {
+		t.Fatalf("flush request metric series: %d", n)
 	}
 	fe.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -66,7 +70,7 @@ func TestPMemVhostUserServer(t *testing.T) {
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Fatalf("socket left after Close: %v", err)
 	}
-	if n := seriesCount(t, reg, "nvdimm_backend_vhost_connections_total"); n != 0 {
+	if n := seriesCount(t, reg, "nvdimm_backend_vhost_connections_total") + seriesCount(t, reg, flushhint.MetricRequests); n != 0 {
 		t.Fatalf("metrics not unregistered: %d series", n)
 	}
 	// A size QEMU cannot expose as a shared-memory region is refused.
@@ -196,5 +200,34 @@ func TestMemfileBackingsPrepare(t *testing.T) {
 	}
 	if _, err := os.Stat(p); !os.IsNotExist(err) {
 		t.Fatal("backing not removed")
+	}
+}
+
+func TestFileWriteback(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "nv.img")
+	b, err := memfile.Create(p, memfile.CreateOptions{Size: 4 << 20, LabelSize: 128 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	reg := NewRegistry()
+	wb := FileWriteback(reg, 20*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := wb(Device{Name: "nv", Backing: p})
+	if err != nil || c == nil {
+		t.Fatalf("writeback: %v %v", c, err)
+	}
+	waitFor(t, func() bool { return seriesCount(t, reg, flushhint.MetricSyncs) == 1 })
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := seriesCount(t, reg, flushhint.MetricSyncs); n != 0 {
+		t.Fatalf("metrics left after close: %d", n)
+	}
+	if c, err := wb(Device{Name: "ro", Backing: p, ReadOnly: true}); c != nil || err != nil {
+		t.Fatalf("read-only device got writeback: %v %v", c, err)
+	}
+	if c, err := FileWriteback(reg, 0, nil)(Device{Name: "off", Backing: p}); c != nil || err != nil {
+		t.Fatalf("interval 0 got writeback: %v %v", c, err)
 	}
 }

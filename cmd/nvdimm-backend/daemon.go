@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -31,6 +32,7 @@ func init() {
 func newServeCmd() *cobra.Command {
 	var stateDir, sock string
 	var backingDirs []string
+	var writeback time.Duration
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon: device registry, control API, attach flows, vhost-user servers",
@@ -41,6 +43,7 @@ func newServeCmd() *cobra.Command {
 				StateDir: stateDir, BackingDirs: backingDirs,
 				Registry:  reg,
 				VhostUser: daemon.PMemVhostUser(reg, slog.Default()),
+				Writeback: daemon.FileWriteback(reg, writeback, slog.Default()),
 				Backings: daemon.MemfileBackings{Provision: func(b *memfile.Backing, ns, mode string, slot int) error {
 					if provisionNamespace == nil {
 						return errors.New("namespace labels are not supported by this build")
@@ -70,6 +73,7 @@ func newServeCmd() *cobra.Command {
 	c.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir(), "state directory (registry, vhost-user sockets)")
 	c.Flags().StringVar(&sock, "control-socket", daemon.DefaultControlSocket(), "control socket path (created 0600)")
 	c.Flags().StringArrayVar(&backingDirs, "backing-dir", nil, "directory backings may live in (repeatable; default <state-dir>/backings)")
+	c.Flags().DurationVar(&writeback, "nvdimm-writeback", 5*time.Second, "sync interval for NVDIMMs on plain files, whose guests cannot flush (0: off)")
 	return c
 }
 
