@@ -220,18 +220,35 @@ func TestQEMULargeReplies(t *testing.T) {
 	if err := json.Unmarshal(schema, &entries); err != nil || len(entries) < 100 || len(schema) < 128<<10 {
 		t.Fatalf("schema: %d bytes, %d entries, %v", len(schema), len(entries), err)
 	}
-	// Over 1 MiB: a 1.06 MiB secret read back with qom-get (QEMU parses
-	// big strings slowly: 3 MiB takes seconds).
-	big := strings.Repeat("0123456789abcdef", (1<<20+64<<10)/16)
-	if err := vm.c.Execute(ctx, "object-add", map[string]any{"qom-type": "secret", "id": "big", "data": big}, nil); err != nil {
+	// A command over 64 KiB: a 70 KiB secret read back with qom-get. QEMU
+	// reads QMP input one byte per main-loop turn, so a big command costs
+	// seconds per MiB (over 20 s for 1 MiB on a loaded machine); the reply
+	// over 1 MiB comes from a small command instead.
+	secret := strings.Repeat("0123456789abcdef", (70<<10)/16)
+	if err := vm.c.Execute(ctx, "object-add", map[string]any{"qom-type": "secret", "id": "big", "data": secret}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var got string
 	if err := vm.c.QOMGet(ctx, "/objects/big", "data", &got); err != nil {
 		t.Fatal(err)
 	}
-	if got != big {
-		t.Fatalf("qom-get returned %d bytes, want the %d sent", len(got), len(big))
+	if got != secret {
+		t.Fatalf("qom-get returned %d bytes, want the %d sent", len(got), len(secret))
+	}
+	// A reply over 1 MiB: HMP dumps 384 KiB of guest memory (zeros, two
+	// 8-byte words per line of 57 bytes: about 1.3 MiB of text).
+	const words = 48000
+	var dump string
+	if err := vm.c.Execute(ctx, "human-monitor-command", map[string]any{"command-line": fmt.Sprintf("xp /%dxg 0", words)}, &dump); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(dump, "\r\n"), "\n")
+	if len(dump) <= 1<<20 || len(lines) != words/2 {
+		t.Fatalf("xp reply: %d bytes, %d lines; want over 1 MiB in %d lines", len(dump), len(lines), words/2)
+	}
+	last := fmt.Sprintf("%016x: 0x0000000000000000 0x0000000000000000", (words-2)*8)
+	if l := strings.TrimRight(lines[len(lines)-1], "\r"); l != last {
+		t.Fatalf("xp reply ends with %q, want %q", l, last)
 	}
 }
 
