@@ -86,7 +86,6 @@ func saveConsoleOnFailure(t *testing.T, name, console string) {
 	})
 }
 
-
 var (
 	binOnce sync.Once
 	binPath string
