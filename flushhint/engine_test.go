@@ -29,18 +29,22 @@ type recStrategy struct {
 	clk *clock
 	mu  gosync.Mutex
 	// +checklocks:mu
-	recs    []syncRec
-	running atomic.Int32
-	overlap atomic.Bool
-	started chan int      // receives the sync number (1-based) at start, if non-nil
-	release chan struct{} // each sync waits for one value, if non-nil
-	fail    func(n int) error
-	delay   time.Duration
+	recs       []syncRec
+	running    atomic.Int32
+	overlap    atomic.Bool
+	maxRunning atomic.Int32
+	started    chan int      // receives the sync number (1-based) at start, if non-nil
+	release    chan struct{} // each sync waits for one value, if non-nil
+	fail       func(n int) error
+	delay      time.Duration
 }
 
 func (s *recStrategy) Sync() error {
-	if s.running.Add(1) > 1 {
+	r := s.running.Add(1)
+	if r > 1 {
 		s.overlap.Store(true)
+	}
+	for m := s.maxRunning.Load(); r > m && !s.maxRunning.CompareAndSwap(m, r); m = s.maxRunning.Load() {
 	}
 	defer s.running.Add(-1)
 	start := s.clk.tick()
@@ -173,9 +177,15 @@ func TestRequestDuringSyncWaitsForNextSync(t *testing.T) {
 // after the request was issued ended before it returned; syncs never
 // overlap.
 func TestDurabilityProperty(t *testing.T) {
+	for _, k := range []int{1, 2, 4} {
+		t.Run(fmt.Sprintf("inflight=%d", k), func(t *testing.T) { durabilityProperty(t, k) })
+	}
+}
+
+func durabilityProperty(t *testing.T, inflight int) {
 	clk := &clock{}
 	s := &recStrategy{clk: clk, delay: 200 * time.Microsecond}
-	e := newEngine(t, s, Options{})
+	e := newEngine(t, s, Options{MaxInFlight: inflight})
 	type req struct{ arrive, done uint64 }
 	const workers, per = 16, 40
 	reqs := make([][]req, workers)
@@ -200,8 +210,11 @@ func TestDurabilityProperty(t *testing.T) {
 	}
 	wg.Wait()
 	syncs := s.syncs()
-	if s.overlap.Load() {
+	if inflight == 1 && s.overlap.Load() {
 		t.Fatal("two syncs ran at once")
+	}
+	if max := s.maxRunning.Load(); max > int32(inflight) {
+		t.Fatalf("%d syncs ran at once, limit %d", max, inflight)
 	}
 	for w := range reqs {
 		for _, q := range reqs[w] {

@@ -12,8 +12,8 @@ import (
 )
 
 // Strategy makes a backing's written data durable. Sync must make durable
-// at least every write that completed before Sync was called; it may be
-// called from several goroutines, but the Engine never runs two at once.
+// at least every write that completed before Sync was called. An Engine
+// runs at most Options.MaxInFlight syncs at once (one by default).
 type Strategy interface {
 	// Sync makes earlier writes durable, or reports why it could not.
 	Sync() error
