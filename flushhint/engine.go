@@ -19,7 +19,7 @@ var ErrClosed = errors.New("flush engine closed")
 
 // DefaultMaxInFlight is the number of concurrent syncs an engine allows
 // unless Options.MaxInFlight says otherwise.
-const DefaultMaxInFlight = 1
+const DefaultMaxInFlight = 2
 
 // Options tune an Engine. The zero value is group commit with no rate
 // limit, no writeback and unregistered metrics.

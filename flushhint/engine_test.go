@@ -89,6 +89,9 @@ func newEngine(t *testing.T, s Strategy, o Options) *Engine {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = 1 // the step-by-step tests are written for one sync at a time
+	}
 	e, err := NewEngine("dev0", s, o)
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +173,56 @@ func TestRequestDuringSyncWaitsForNextSync(t *testing.T) {
 		t.Fatalf("unexpected sync %d with no request waiting", n)
 	default:
 	}
+}
+
+// TestTwoInFlight: with two syncs allowed, a request arriving during a
+// sync starts the second one at once; later arrivals wait for a free slot
+// and still get a sync that starts after them.
+func TestTwoInFlight(t *testing.T) {
+	s := &recStrategy{clk: &clock{}, started: make(chan int, 8), release: make(chan struct{})}
+	e := newEngine(t, s, Options{MaxInFlight: 2})
+	ctx := context.Background()
+	a := asyncFlush(e, ctx)
+	<-s.started
+	b := asyncFlush(e, ctx)
+	if n := <-s.started; n != 2 {
+		t.Fatalf("sync %d, want 2 running beside 1", n)
+	}
+	c, d := asyncFlush(e, ctx), asyncFlush(e, ctx)
+	waitFor(t, "2 waiters", func() bool { return e.Stats().Waiting == 2 })
+	s.release <- struct{}{} // one of syncs 1 and 2 ends
+	ab := mergeErr(a, b)
+	if err := <-ab; err != nil {
+		t.Fatal(err)
+	}
+	if n := <-s.started; n != 3 {
+		t.Fatalf("sync %d, want 3 for C and D", n)
+	}
+	select {
+	case <-c:
+		t.Fatal("C completed before the sync that started after it ended")
+	case <-d:
+		t.Fatal("D completed before the sync that started after it ended")
+	default:
+	}
+	s.release <- struct{}{}
+	s.release <- struct{}{}
+	for _, ch := range []<-chan error{c, d, ab} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := e.Stats(); st.Syncs != 3 || st.Coalesced != 1 {
+		t.Fatalf("stats %+v: want 3 syncs, C and D sharing one", st)
+	}
+}
+
+func mergeErr(chs ...<-chan error) <-chan error {
+	out := make(chan error, len(chs))
+	for _, ch := range chs {
+		go func() { out <- <-ch }()
+	}
+	return out
 }
 
 // TestDurabilityProperty runs many concurrent flushers against a sync that

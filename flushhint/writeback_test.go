@@ -124,7 +124,7 @@ func TestWritebackMakesWritesDurable(t *testing.T) {
 // engine (counted, serialised with guest flushes) and stop on Close.
 func TestWritebackSharesGroupCommit(t *testing.T) {
 	s := &recStrategy{clk: &clock{}}
-	e, err := NewEngine("dev0", s, Options{Writeback: Writeback{Interval: 5 * time.Millisecond}, Logger: slog.New(slog.DiscardHandler)})
+	e, err := NewEngine("dev0", s, Options{MaxInFlight: 1, Writeback: Writeback{Interval: 5 * time.Millisecond}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
