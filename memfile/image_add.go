@@ -239,6 +239,7 @@ func catalogueFile(name, path, format string, owned bool, o ImageOptions) (im Im
 		m = *oldMeta
 		m.ReadOnly = true
 	}
+	m.Image = name // names the image in refusals of writable use
 	if layout.InfoBlock == InfoPFNRAM || layout.InfoBlock == InfoPFNPMEM {
 		m.Mode = "fsdax"
 	} else if layout.InfoBlock == InfoDevDAX {

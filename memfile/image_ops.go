@@ -87,7 +87,8 @@ type RemoveReport struct {
 // Remove drops the image from the catalog. It refuses an image another
 // user holds locked (a VM attached through the daemon). A file built into
 // the catalog directory is deleted; an added file is kept (its record
-// stays read-only, the immutable attribute is cleared) unless purge.
+// stays read-only, the immutable attribute and the record's image marker
+// are cleared) unless purge.
 func (c *Catalog) Remove(name string, purge bool) (RemoveReport, error) {
 	var rep RemoveReport
 	err := c.update(func(ims []Image) ([]Image, error) {
@@ -105,9 +106,18 @@ func (c *Catalog) Remove(name string, purge bool) (RemoveReport, error) {
 				return nil, err
 			}
 			rep.Deleted = true
-		} else if f, err := os.OpenFile(im.Path, os.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
-			_, _ = setImmutable(f, false)
-			f.Close()
+		} else {
+			if f, err := os.OpenFile(im.Path, os.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
+				_, _ = setImmutable(f, false)
+				f.Close()
+			}
+			// The file stays read-only but is no longer this image.
+			if m, err := ReadMeta(im.Path); err == nil && m.Image == name {
+				m.Image = ""
+				if err := WriteMeta(im.Path, m); err != nil {
+					return nil, err
+				}
+			}
 		}
 		return append(ims[:i:i], ims[i+1:]...), nil
 	})

@@ -493,6 +493,9 @@ func TestImageRemove(t *testing.T) {
 	if _, err := c.Add("kept", p, ImageOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if m, err := ReadMeta(p); err != nil || m.Image != "kept" || !strings.Contains(m.ReadOnlyReason(), `"kept"`) {
+		t.Fatalf("record of a catalogued file: %+v, %v: want image \"kept\"", m, err)
+	}
 	rep, err := c.Remove("kept", false)
 	if err != nil || rep.Deleted {
 		t.Fatalf("remove: %+v, %v", rep, err)
@@ -502,6 +505,9 @@ func TestImageRemove(t *testing.T) {
 	}
 	if isImmutable(p) {
 		t.Error("immutable attribute left on an uncatalogued file")
+	}
+	if m, err := ReadMeta(p); err != nil || m.Image != "" || !m.ReadOnly {
+		t.Errorf("record of a removed image: %+v, %v: want read-only without an image marker", m, err)
 	}
 	if _, err := c.Get("kept"); !errors.Is(err, ErrImageNotFound) {
 		t.Errorf("Get after remove: %v", err)
@@ -541,8 +547,8 @@ func TestImageClone(t *testing.T) {
 		t.Error("no clone method reported")
 	}
 	m, err := ReadMeta(dst)
-	if err != nil || m.ReadOnly {
-		t.Fatalf("clone record %+v, %v: want a writable record", m, err)
+	if err != nil || m.ReadOnly || m.Image != "" {
+		t.Fatalf("clone record %+v, %v: want a writable record that is no image", m, err)
 	}
 	b, err := Open(dst, OpenOptions{})
 	if err != nil {

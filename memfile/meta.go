@@ -44,6 +44,14 @@ type Meta struct {
 	Prealloc bool `json:"prealloc,omitempty"`
 	// Created is when the backing was created (UTC).
 	Created time.Time `json:"created,omitzero"`
+	// Image names the catalogued shared image this file is (see Catalog),
+	// empty when it is none. Only a read-only record carries it: WriteMeta
+	// drops it from a writable record (a writable copy of an image is no
+	// longer that image) and Validate refuses it without read_only. It was
+	// added within version 1: records without it read as before, and
+	// binaries from before it refuse an image's record with "unknown field
+	// \"image\"" rather than misread it.
+	Image string `json:"image,omitempty"`
 }
 
 // MetaPath is the path of the metadata record of the backing at path.
@@ -100,6 +108,14 @@ func (m *Meta) Validate() error {
 	default:
 		return fmt.Errorf("field mode: %q is not one of fsdax, devdax, raw, sector", m.Mode)
 	}
+	if m.Image != "" {
+		if err := validImageName(m.Image); err != nil {
+			return fmt.Errorf("field image: %w", err)
+		}
+		if !m.ReadOnly {
+			return fmt.Errorf("field image: %q is set but read_only is false: a catalogued image is always read-only", m.Image)
+		}
+	}
 	if m.Slot < NoSlot || m.Slot > 255 {
 		return fmt.Errorf("field slot: %d is out of range (-1 for none, 0..255)", m.Slot)
 	}
@@ -116,12 +132,31 @@ func (m *Meta) Validate() error {
 }
 
 // WriteMeta validates m and writes it atomically beside the backing at path.
+// A writable record is written without its image marker (m.Image is
+// cleared): a writable copy of an image is no longer that image.
 func WriteMeta(path string, m *Meta) error {
 	if m.Version == 0 {
 		m.Version = MetaVersion
+	}
+	if !m.ReadOnly {
+		m.Image = ""
 	}
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("metadata %s: %w", MetaPath(path), err)
 	}
 	return atomicfile.WriteJSON(MetaPath(path), m, 0o644)
+}
+
+// ReadOnlyReason says why the backing a record describes may only be
+// attached read-only, naming the image when it is a catalogued one; it is
+// empty for a writable backing. Refusals of writable use quote it.
+func (m *Meta) ReadOnlyReason() string {
+	switch {
+	case m == nil || !m.ReadOnly:
+		return ""
+	case m.Image != "":
+		return fmt.Sprintf("it is the shared read-only image %q (its metadata record says so); attach it read-only, or make a private writable copy with `image clone %s PATH`", m.Image, m.Image)
+	default:
+		return "its metadata record marks it read-only"
+	}
 }

@@ -55,6 +55,51 @@ func TestParseMetaRefusals(t *testing.T) {
 	}
 }
 
+func TestMetaImageMarker(t *testing.T) {
+	old := `{"version":1,"kind":"file","layout":{"guest_size":4194304,"label_size":0,"align":2097152,"backing_size":4194304,"label_offset":4194304},"read_only":true,"slot":-1}`
+	m, err := ParseMeta([]byte(old), "old.json")
+	if err != nil || m.Image != "" {
+		t.Fatalf("record without the image field: %+v, %v", m, err)
+	}
+	if r := m.ReadOnlyReason(); !strings.Contains(r, "marks it read-only") {
+		t.Errorf("reason for a plain read-only record: %q", r)
+	}
+	withImage := strings.Replace(old, `"slot":-1`, `"slot":-1,"image":"base"`, 1)
+	m, err = ParseMeta([]byte(withImage), "new.json")
+	if err != nil || m.Image != "base" {
+		t.Fatalf("record with an image: %+v, %v", m, err)
+	}
+	if r := m.ReadOnlyReason(); !strings.Contains(r, `image "base"`) || !strings.Contains(r, "image clone base") {
+		t.Errorf("reason for an image record: %q", r)
+	}
+	for in, want := range map[string]string{
+		strings.Replace(withImage, `"read_only":true`, `"read_only":false`, 1): "read_only is false",
+		strings.Replace(withImage, `"image":"base"`, `"image":"../x"`, 1):      "field image",
+	} {
+		if _, err := ParseMeta([]byte(in), "rec.json"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseMeta(%s) = %v, want %q", in, err, want)
+		}
+	}
+	// A writable record is written without the marker; a read-only one keeps it.
+	p := filepath.Join(t.TempDir(), "a.img")
+	if err := WriteMeta(p, &Meta{Kind: KindFile, Layout: m.Layout, Slot: NoSlot, Image: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadMeta(p); err != nil || got.Image != "" {
+		t.Errorf("writable record kept the marker: %+v, %v", got, err)
+	}
+	if err := WriteMeta(p, &Meta{Kind: KindFile, Layout: m.Layout, Slot: NoSlot, ReadOnly: true, Image: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadMeta(p); err != nil || got.Image != "base" {
+		t.Errorf("read-only record lost the marker: %+v, %v", got, err)
+	}
+	var plain *Meta
+	if plain.ReadOnlyReason() != "" || (&Meta{}).ReadOnlyReason() != "" {
+		t.Error("a writable backing has a read-only reason")
+	}
+}
+
 func TestReadMetaTooLarge(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "a.img")
 	if err := os.WriteFile(MetaPath(p), make([]byte, maxMetaSize+10), 0o600); err != nil {
@@ -68,6 +113,7 @@ func TestReadMetaTooLarge(t *testing.T) {
 func FuzzParseMeta(f *testing.F) {
 	f.Add([]byte(`{"version":1,"kind":"file","layout":{"guest_size":1073741824,"label_size":131072,"align":2097152,"backing_size":1073872896,"label_offset":1073741824},"read_only":false,"slot":-1}`))
 	f.Add([]byte(`{"version":1,"kind":"devdax","layout":{"guest_size":0,"label_size":0,"align":0,"backing_size":0,"label_offset":0},"slot":0}`))
+	f.Add([]byte(`{"version":1,"kind":"file","layout":{"guest_size":4194304,"label_size":0,"align":2097152,"backing_size":4194304,"label_offset":4194304},"read_only":true,"slot":-1,"image":"base"}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -79,6 +125,9 @@ func FuzzParseMeta(f *testing.F) {
 		l := m.Layout
 		if l.GuestSize == 0 || l.LabelOffset+l.LabelSize != l.BackingSize || (l.BackingSize-l.LabelSize)&^(l.Align-1) != l.GuestSize {
 			t.Fatalf("accepted inconsistent layout %+v", l)
+		}
+		if m.Image != "" && !m.ReadOnly {
+			t.Fatalf("accepted a writable record of image %q", m.Image)
 		}
 	})
 }
