@@ -36,8 +36,11 @@ type Kit struct {
 
 // guestModules are loaded by /init in this order; their dependencies are
 // resolved from modules.dep and loaded by modprobe.
+// virtio_pci comes first: it is built into the backports kernel (and then
+// skipped) but a module in bookworm's own 6.1, whose virtio devices would
+// otherwise never be probed.
 var guestModules = []string{
-	"libnvdimm", "nfit", "nd_btt", "nd_pmem", "dax_pmem", "device_dax", "kmem",
+	"virtio_pci", "libnvdimm", "nfit", "nd_btt", "nd_pmem", "dax_pmem", "device_dax", "kmem",
 	"nd_virtio", "virtio_pmem", "virtio_blk", "crc32c_generic", "ext4",
 	"9pnet_virtio", "9p",
 }
@@ -252,6 +255,9 @@ func buildKit(ctx context.Context, logf func(string, ...any)) (*Kit, error) {
 
 	if b, err := os.ReadFile(filepath.Join(dir, "kver")); err == nil {
 		kit.KVer = strings.TrimSpace(string(b))
+		if err := holdKit(kitsDir, key); err != nil {
+			return nil, err
+		}
 		return kit, nil
 	}
 	start := time.Now()
@@ -278,16 +284,60 @@ func buildKit(ctx context.Context, logf func(string, ...any)) (*Kit, error) {
 	}
 	kit.KVer = kver
 	logf("guest kit built in %s", time.Since(start).Round(time.Second))
-	// Kits for older package versions (and builds that died) are dead
-	// weight; we hold the lock, so nobody is using or building them.
-	if ents, err := os.ReadDir(kitsDir); err == nil {
-		for _, e := range ents {
-			if e.IsDir() && e.Name() != key && e.Name() != filepath.Base(tmp) {
-				os.RemoveAll(filepath.Join(kitsDir, e.Name())) //nolint:errcheck
-			}
-		}
+	if err := holdKit(kitsDir, key); err != nil {
+		return nil, err
 	}
+	removeUnusedKits(kitsDir, key, filepath.Base(tmp))
 	return kit, nil
+}
+
+// kitsInUse are the open lock files by which this process marks the kits
+// it uses; they stay open (and their shared locks held) until the process
+// exits. Kept here so that no finalizer closes them.
+var kitsInUse []*os.File
+
+// holdKit takes a shared lock on kitsDir/<key>.inuse for the life of the
+// process. Called with the builders' lock held, so that no other process
+// removes the kit between the check and the lock.
+func holdKit(kitsDir, key string) error {
+	p := filepath.Join(kitsDir, key+".inuse")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("guest kit in-use lock %s: %w", p, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
+		f.Close()
+		return fmt.Errorf("guest kit in-use lock %s: %w", p, err)
+	}
+	kitsInUse = append(kitsInUse, f)
+	return nil
+}
+
+// removeUnusedKits removes the kits of other package versions or init
+// scripts (and builds that died) that no process is using: test processes
+// from other checkouts (another init script, so another key) may be booting
+// guests from them right now. Called with the builders' lock held.
+func removeUnusedKits(kitsDir, key, building string) {
+	ents, err := os.ReadDir(kitsDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if !e.IsDir() || name == key || name == building {
+			continue
+		}
+		lp := filepath.Join(kitsDir, name+".inuse")
+		f, err := os.OpenFile(lp, os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			os.RemoveAll(filepath.Join(kitsDir, name)) //nolint:errcheck
+			os.Remove(lp)                              //nolint:errcheck
+		}
+		f.Close()
+	}
 }
 
 // assembleKit downloads and unpacks the kernel into tmp, builds the
