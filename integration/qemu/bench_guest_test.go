@@ -248,21 +248,11 @@ func runBenchCase(t *testing.T, q *QEMU, c benchCase, seconds int) (map[string]*
 	}
 	marks := map[string]float64{}
 	vm.Started = func(ctx context.Context, vm *VM) error {
-		var cl interface{ Close() error }
-		if c.Ours {
-			qc, err := attachAndStart(ctx, d, vm, devs)
-			if err != nil {
-				return err
-			}
-			cl = qc
-		} else {
-			qc, err := attachAndStart(ctx, nil, vm, nil)
-			if err != nil {
-				return err
-			}
-			cl = qc
+		qc, err := attachAndStart(ctx, d, vm, devs)
+		if err != nil {
+			return err
 		}
-		defer cl.Close()
+		defer qc.Close()
 		seen := map[string]bool{}
 		tk := time.NewTicker(20 * time.Millisecond)
 		defer tk.Stop()
@@ -282,6 +272,8 @@ func runBenchCase(t *testing.T, q *QEMU, c benchCase, seconds int) (map[string]*
 			select {
 			case <-ctx.Done():
 				return nil
+			case <-qc.Done(): // QEMU exited; the result says why
+				return nil
 			case <-tk.C:
 			}
 		}
@@ -299,6 +291,7 @@ func runBenchCase(t *testing.T, q *QEMU, c benchCase, seconds int) (map[string]*
 	if res.ExitCode != 0 {
 		return nil, fmt.Errorf("%s: guest script exited %d\n%s", c.Name, res.ExitCode, tail(res.Output, 40))
 	}
+	t.Logf("%s: guest done in %s", c.Name, res.Elapsed.Round(time.Second))
 	runs := map[string]*benchRun{}
 	for _, r := range benchRuns(c.Devices) {
 		tag := fmt.Sprintf("d%dx%d", r[0], r[1])
@@ -379,7 +372,7 @@ func TestBenchGuest(t *testing.T) {
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "guest flush benchmark: 4 KiB write + fsync per op on ext4 -o dax, %d s per run, %s, TCG\n", seconds, q.Version)
-	fmt.Fprintf(&out, "%-20s %-6s %10s %10s %10s %10s %10s %14s\n", "case", "run", "ops/s", "p50 us", "p99 us", "write p50", "fsync p50", "host syncs/op")
+	fmt.Fprintf(&out, "%-20s %-6s %10s %10s %10s %10s %10s %s\n", "case", "run", "ops/s", "p50 us", "p99 us", "write p50", "fsync p50", "host syncs per op (syncs/ops)")
 	for i, c := range cases {
 		if errs[i] != nil {
 			fmt.Fprintf(&out, "%-20s FAILED: %v\n", c.Name, strings.SplitN(errs[i].Error(), "\n", 2)[0])
@@ -389,9 +382,9 @@ func TestBenchGuest(t *testing.T) {
 			br := results[i][fmt.Sprintf("d%dx%d", r[0], r[1])]
 			per := "n/a"
 			if br.HostFlushes >= 0 && br.AllOps > 0 {
-				per = fmt.Sprintf("%.2f", br.HostFlushes/float64(br.AllOps))
+				per = fmt.Sprintf("%.2f (%.0f/%d)", br.HostFlushes/float64(br.AllOps), br.HostFlushes, br.AllOps)
 			}
-			fmt.Fprintf(&out, "%-20s %-6s %10.1f %10.0f %10.0f %10.0f %10.0f %14s\n", c.Name, br.Tag, br.OpsPerSec, br.P50us, br.P99us, br.WriteP50, br.FsyncP50, per)
+			fmt.Fprintf(&out, "%-20s %-6s %10.1f %10.0f %10.0f %10.0f %10.0f %s\n", c.Name, br.Tag, br.OpsPerSec, br.P50us, br.P99us, br.WriteP50, br.FsyncP50, per)
 		}
 	}
 	fmt.Fprintf(&out, "host raw 4 KiB pwrite+fdatasync on the backing filesystem: p50 %.0f us, p99 %.0f us (the physical limit of one host sync)\n", hp50, hp99)
