@@ -133,76 +133,42 @@ func mappingUse(pid int, path string) (pss, rss uint64, err error) {
 	return pss, rss, sc.Err()
 }
 
-// qemuPID finds the QEMU process serving the guest whose 9p share is share.
-func qemuPID(share string) (int, error) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
-	needle := "path=" + share + ","
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cl, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		if strings.Contains(string(cl), "qemu-system") && strings.Contains(string(cl), needle) {
-			return pid, nil
-		}
-	}
-	return 0, fmt.Errorf("no QEMU process with %s", needle)
-}
-
 // rendezvous holds N guests at the point where each has read its image,
 // measures the host memory use of all of them at once, then releases them.
+// A guest that ends (or times out) before it is ready aborts the
+// rendezvous, so the others are released at once instead of waiting out
+// their timeouts.
 type rendezvous struct {
-	n       int
+	mu sync.Mutex
+	// +checklocks:mu
+	n int
+	// +checklocks:mu
 	measure func(pids []int, paths []string)
-
-	mu      sync.Mutex
-	pids    []int
-	arrived []string
-	done    chan struct{}
+	// +checklocks:mu
+	pids []int
+	// +checklocks:mu
+	arrived   []string
+	done      chan struct{} // closed after the measurement
+	abort     chan struct{} // closed when a guest cannot arrive
+	abortOnce sync.Once
 }
 
 func newRendezvous(n int, measure func(pids []int, paths []string)) *rendezvous {
-	return &rendezvous{n: n, measure: measure, done: make(chan struct{})}
+	return &rendezvous{n: n, measure: measure, done: make(chan struct{}), abort: make(chan struct{})}
 }
 
 // started is a VM.Started hook: it waits for the guest's /host/ready, joins
-// the rendezvous, and writes /host/go once everybody has been measured.
+// the rendezvous, and writes /host/go once everybody has been measured (or
+// the rendezvous was aborted, so that the guest does not hang).
 func (r *rendezvous) started(path string) func(ctx context.Context, vm *VM) error {
 	return func(ctx context.Context, vm *VM) error {
-		var pid int
-		var err error
-		for range 50 {
-			if pid, err = qemuPID(vm.Share); err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil {
-			return err
-		}
-		ready := filepath.Join(vm.Share, "ready")
-		for {
-			if _, err := os.Stat(ready); err == nil {
-				break
-			}
-			if err := unix.Kill(pid, 0); err != nil {
-				return fmt.Errorf("guest %s ended before it was ready", vm.Name)
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(200 * time.Millisecond):
-			}
+		release := func() { os.WriteFile(filepath.Join(vm.Share, "go"), nil, 0o644) } //nolint:errcheck
+		if err := waitFile(ctx, filepath.Join(vm.Share, "ready")); err != nil {
+			r.abortOnce.Do(func() { close(r.abort) })
+			return fmt.Errorf("guest %s never became ready: %w", vm.Name, err)
 		}
 		r.mu.Lock()
-		r.pids = append(r.pids, pid)
+		r.pids = append(r.pids, vm.PID)
 		r.arrived = append(r.arrived, path)
 		if len(r.pids) == r.n {
 			r.measure(r.pids, r.arrived)
@@ -211,11 +177,15 @@ func (r *rendezvous) started(path string) func(ctx context.Context, vm *VM) erro
 		r.mu.Unlock()
 		select {
 		case <-r.done:
+		case <-r.abort:
+			release()
+			return fmt.Errorf("guest %s: another guest never became ready", vm.Name)
 		case <-ctx.Done():
-			os.WriteFile(filepath.Join(vm.Share, "go"), nil, 0o644) //nolint:errcheck
+			release()
 			return fmt.Errorf("guest %s: the other guests never became ready: %w", vm.Name, ctx.Err())
 		}
-		return os.WriteFile(filepath.Join(vm.Share, "go"), nil, 0o644)
+		release()
+		return nil
 	}
 }
 
@@ -224,7 +194,7 @@ func (r *rendezvous) started(path string) func(ctx context.Context, vm *VM) erro
 // host to measure.
 const guestReadScript = `
 dev=/dev/pmem0
-i=0; while [ ! -b $dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+i=0; while [ ! -b $dev ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 ndctl list -N > /host/ns.json
 cat /sys/bus/nd/devices/region0/read_only > /host/region_ro
 blockdev --getro $dev > /host/dev_ro
@@ -236,7 +206,7 @@ sha256sum $dev | cut -d' ' -f1 > /host/dev.sha
 if touch /mnt/new-file 2>/host/touch.err; then echo touch-succeeded > /host/write; fi
 if dd if=/dev/zero of=$dev bs=4096 count=1 2>/host/dd.err; then echo dd-succeeded >> /host/write; fi
 touch /host/ready
-while [ ! -e /host/go ]; do sleep 0.2; done
+i=0; while [ ! -e /host/go ]; do sleep 0.2; i=$((i+1)); [ $i -lt 1500 ]; done
 umount /mnt
 # A guest root that clears the block device's read-only flag still cannot
 # change the host file: the mapping is read-only on the host.
@@ -262,7 +232,7 @@ func runGuests(t *testing.T, name string, paths []string, args func(i int, path 
 			ExtraArgs: []string{"-object", a.Object, "-device", a.Device},
 			Script:    guestReadScript,
 			Started:   r.started(p),
-			Timeout:   150 * time.Second,
+			Timeout:   6 * time.Minute, // generous: two TCG guests on a loaded 2-core machine
 		}
 		wg.Add(1)
 		go func() {
@@ -527,7 +497,7 @@ func TestImageCloneWritable(t *testing.T) {
 		ExtraArgs: []string{"-object", a.Object, "-device", a.Device},
 		Script: `
 dev=/dev/pmem0
-i=0; while [ ! -b $dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+i=0; while [ ! -b $dev ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 mount -t ext4 -o dax $dev /mnt
 grep " /mnt " /proc/mounts > /host/mounts
 echo "written by the guest" > /mnt/guest-wrote.txt

@@ -190,6 +190,8 @@ done
 if [ -x /host/nvdimm-backend ] && /host/nvdimm-backend nfit --help >/dev/null 2>&1; then
   /host/nvdimm-backend nfit dump /host/nfit.bin > /host/nfit-dump.txt 2>&1 && echo ok > /host/nfit-dump.rc || echo fail > /host/nfit-dump.rc
 fi
+# Stay up until the host has asked QEMU for its memory devices.
+i=0; while [ ! -e /host/queried ]; do sleep 0.2; i=$((i+1)); [ $i -lt 1500 ]; done
 `
 
 // TestNFIT boots guests with 1, 2 and 4 NVDIMMs (different sizes, unarmed,
@@ -233,6 +235,9 @@ func runNFITCase(t *testing.T, tc nfitCase) {
 	var devs []memDevice
 	var qemuVer string
 	vm.Started = func(ctx context.Context, vm *VM) error {
+		// The guest waits for this marker, so QEMU cannot exit under the
+		// query however slowly this side runs.
+		defer os.WriteFile(filepath.Join(vm.Share, "queried"), nil, 0o644) //nolint:errcheck
 		var err error
 		devs, qemuVer, err = queryMemoryDevices(ctx, vm.QMPSocket)
 		return err

@@ -43,9 +43,10 @@ type VM struct {
 	Files       map[string]string                       // extra files into the share: name -> host path (hard-linked or copied)
 	Timeout     time.Duration                           // whole-run timeout; default 5 minutes
 	QMPSocket   string                                  // when set, QEMU listens for QMP on this unix socket
-	Started     func(ctx context.Context, vm *VM) error // called after QEMU started (hotplug scenarios)
+	Started     func(ctx context.Context, vm *VM) error // called after QEMU started (hotplug scenarios); ctx ends when QEMU exits
 	Console     io.Writer                               // when set, the console is also copied here as it arrives
 	Share       string                                  // set by the harness: the host directory shared as /host
+	PID         int                                     // set by the harness before Started: the QEMU process
 }
 
 // Result is what a guest run produced.
@@ -234,18 +235,19 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting qemu: %w", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	vm.PID = cmd.Process.Pid
 	var startedErr error
 	if vm.Started != nil {
-		startedErr = vm.Started(ctx, vm)
+		startedErr = runStarted(ctx, vm, exited)
 	}
-	var waitErr error
 	select {
-	case waitErr = <-done:
+	case <-exited:
 	case <-ctx.Done():
 		unix.Kill(-cmd.Process.Pid, unix.SIGKILL) //nolint:errcheck
-		<-done
+		<-exited
 		waitErr = fmt.Errorf("guest %s: %w after %s", vm.Name, ctx.Err(), time.Since(start).Round(time.Second))
 	}
 	res := &Result{ExitCode: -1, Console: console.String(), Share: share, Accel: accel, Elapsed: time.Since(start)}
@@ -263,6 +265,30 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 		return res, fmt.Errorf("guest %s: no exit marker on the console (boot failed?)", vm.Name)
 	}
 	return res, nil
+}
+
+// errQEMUExited is the cause of a Started hook's context ending because
+// QEMU exited.
+var errQEMUExited = errors.New("QEMU exited")
+
+// runStarted calls vm.Started with a context that also ends when QEMU
+// exits, so that a hook waiting for the guest stops as soon as the guest
+// is gone instead of waiting out the whole timeout.
+func runStarted(ctx context.Context, vm *VM, exited <-chan struct{}) error {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-exited:
+			cancel(errQEMUExited)
+		case <-sctx.Done():
+		}
+	}()
+	err := vm.Started(sctx, vm)
+	if err != nil && errors.Is(context.Cause(sctx), errQEMUExited) {
+		err = fmt.Errorf("guest %s: QEMU exited while the host side was waiting: %w", vm.Name, err)
+	}
+	return err
 }
 
 var exitRE = regexp.MustCompile(regexp.QuoteMeta(markExit) + `(-?\d+)@@`)
