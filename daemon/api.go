@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
+
+	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
 // APIError is the JSON body of every failed control-API request.
@@ -270,7 +272,7 @@ func writeErr(w http.ResponseWriter, err error) int {
 		code, e.Code, e.QEMUClass = http.StatusConflict, "qemu_refused", qe.Class
 	case errors.As(err, &ce):
 		code, e.Code = http.StatusForbidden, "confinement"
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, ErrNotFound), errors.Is(err, memfile.ErrImageNotFound):
 		code, e.Code = http.StatusNotFound, "not_found"
 	case errors.Is(err, ErrExists):
 		code, e.Code = http.StatusConflict, "exists"

@@ -83,6 +83,9 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 	snap := copyDevice(dv)
 	d.mu.Unlock()
 
+	if err := checkImageAttach(snap, req.As); err != nil {
+		return Device{}, err
+	}
 	if req.As == KindVhostUser && d.cfg.VhostUser == nil {
 		return Device{}, fmt.Errorf("%w: this daemon has no vhost-user server support", ErrInvalid)
 	}
@@ -93,7 +96,7 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
 	defer cancel()
 
-	lock, err := d.cfg.Backings.Lock(snap.Backing, snap.ReadOnly)
+	lock, err := d.lockBacking(snap)
 	if err != nil {
 		return Device{}, fmt.Errorf("device %q: lock %s: %w", name, snap.Backing, err)
 	}
@@ -259,6 +262,9 @@ func (d *Daemon) attachVhostUser(ctx context.Context, c QMPConn, dv Device, req 
 		return err
 	}
 	*undo = append(*undo, func() { d.bestEffort(c, "chardev-remove", map[string]any{"id": att.ChardevID}) })
+	if err := waitChardevConnected(ctx, c, att.ChardevID); err != nil {
+		return err
+	}
 	devArgs := map[string]any{
 		"driver":      "vhost-user-test-device-pci",
 		"id":          att.DeviceID,
@@ -646,7 +652,7 @@ func (d *Daemon) startWritebackLocked(dv Device) {
 // retake re-locks a recovered device's backing and restarts its vhost-user
 // server.
 func (d *Daemon) retake(dv Device) bool {
-	l, err := d.cfg.Backings.Lock(dv.Backing, dv.ReadOnly)
+	l, err := d.lockBacking(dv)
 	if err != nil {
 		d.log.Warn("recovery: cannot lock backing", "device", dv.Name, "err", err)
 		return false

@@ -27,8 +27,14 @@ func (e *ConfinementError) Error() string {
 // Confiner decides whether a backing path may be created or adopted: it
 // must resolve (symlinks and ".." followed) to a path strictly under one of
 // the backing directories, or to a /dev/dax* or /dev/pmem* device node.
+//
+// With an image catalog (AllowImages), paths under the catalog directory
+// are refused as backings: they may only be used as images, whose files
+// must resolve under the catalog directory or a backing directory
+// (CheckImage).
 type Confiner struct {
-	dirs []string // resolved backing directories
+	dirs    []string // resolved backing directories
+	catalog string   // resolved image catalog directory ("" = none)
 }
 
 // maxSymlinks bounds symlink expansion, like the kernel's ELOOP limit.
@@ -54,6 +60,53 @@ func NewConfiner(dirs []string) (*Confiner, error) {
 // Dirs returns the resolved backing directories.
 func (c *Confiner) Dirs() []string { return append([]string(nil), c.dirs...) }
 
+// AllowImages sets the image catalog directory (absolute; resolved now).
+// Call it before the confiner is shared.
+func (c *Confiner) AllowImages(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("image catalog directory %q: must be an absolute path", dir)
+	}
+	r, err := resolvePath(dir)
+	if err != nil {
+		return fmt.Errorf("image catalog directory %q: %w", dir, err)
+	}
+	c.catalog = r
+	return nil
+}
+
+// CatalogDir returns the resolved image catalog directory ("" when none).
+func (c *Confiner) CatalogDir() string { return c.catalog }
+
+// under reports whether r lies strictly under dir.
+func under(r, dir string) bool {
+	return r != dir && strings.HasPrefix(r, dir+string(filepath.Separator)) || (dir == "/" && r != "/")
+}
+
+// CheckImage resolves the file of a catalogued image and returns the
+// resolved path if it lies under the image catalog directory or a backing
+// directory, or a *ConfinementError. The catalog names files, and a file
+// anywhere else (a catalogue entry pointing at /etc, say) is refused.
+func (c *Confiner) CheckImage(path string) (string, error) {
+	if path == "" || strings.IndexByte(path, 0) >= 0 || !filepath.IsAbs(path) {
+		return "", &ConfinementError{Path: path, Rule: "image file path must be absolute"}
+	}
+	r, err := resolvePath(path)
+	if err != nil {
+		return "", &ConfinementError{Path: path, Rule: "cannot resolve: " + err.Error()}
+	}
+	if c.catalog != "" && under(r, c.catalog) {
+		return r, nil
+	}
+	for _, d := range c.dirs {
+		if under(r, d) {
+			return r, nil
+		}
+	}
+	return "", &ConfinementError{Path: path, Resolved: r, Rule: fmt.Sprintf(
+		"an image file must resolve to a path under the image catalog (%s) or a backing directory (%s); move it there and catalogue it again",
+		c.catalog, strings.Join(c.dirs, ", "))}
+}
+
 // Check resolves path and returns the resolved path if it is allowed, or a
 // *ConfinementError naming the rule it broke.
 func (c *Confiner) Check(path string) (string, error) {
@@ -70,6 +123,10 @@ func (c *Confiner) Check(path string) (string, error) {
 	if err != nil {
 		return "", &ConfinementError{Path: path, Rule: "cannot resolve: " + err.Error()}
 	}
+	if c.catalog != "" && under(r, c.catalog) {
+		return "", &ConfinementError{Path: path, Resolved: r, Rule: fmt.Sprintf(
+			"it is in the image catalog directory %s: catalogued images are shared read-only and attached with --image NAME, never as a backing", c.catalog)}
+	}
 	if filepath.Dir(r) == "/dev" {
 		b := filepath.Base(r)
 		if strings.HasPrefix(b, "dax") || strings.HasPrefix(b, "pmem") {
@@ -77,7 +134,7 @@ func (c *Confiner) Check(path string) (string, error) {
 		}
 	}
 	for _, d := range c.dirs {
-		if r != d && strings.HasPrefix(r, d+string(filepath.Separator)) || (d == "/" && r != "/") {
+		if under(r, d) {
 			return r, nil
 		}
 	}

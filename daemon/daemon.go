@@ -32,7 +32,11 @@ type Config struct {
 	// <StateDir>/backings.
 	BackingDirs []string
 	Backings    Backings
-	DialQMP     QMPDialer
+	// Images is the catalog of shared read-only images that devices may
+	// be made from (CreateRequest.Image); nil refuses such devices. Its
+	// directory is confined: usable for images only, never as a backing.
+	Images  Images
+	DialQMP QMPDialer
 	// VhostUser starts vhost-user servers; nil refuses vhost-user attach.
 	VhostUser VhostUserFactory
 	// Writeback, if set, starts periodic writeback for a device attached
@@ -126,6 +130,16 @@ func New(cfg Config) (*Daemon, error) {
 	conf, err := NewConfiner(cfg.BackingDirs)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Images != nil {
+		if err := conf.AllowImages(cfg.Images.Dir()); err != nil {
+			return nil, err
+		}
+		for _, bd := range conf.Dirs() {
+			if bd == conf.CatalogDir() || under(bd, conf.CatalogDir()) {
+				return nil, fmt.Errorf("backing directory %s is inside the image catalog directory %s: keep them apart (images are read-only, backings writable)", bd, conf.CatalogDir())
+			}
+		}
 	}
 	d := &Daemon{
 		cfg:        cfg,
@@ -256,6 +270,12 @@ type CreateRequest struct {
 	// Slot is the DIMM slot to write namespace labels for (0..255).
 	Slot     *int `json:"slot,omitempty"`
 	ReadOnly bool `json:"readonly"`
+	// Image makes the device from the catalogued shared image of that
+	// name instead of a backing: read-only whatever ReadOnly says, sized
+	// by the catalog, attached only as an nvdimm. Many devices (one per
+	// VM) may name the same image. Backing, Size, LabelSize, Namespace,
+	// Mode and Slot must then be empty.
+	Image string `json:"image,omitempty"`
 }
 
 // Create registers a device, creating its backing when it does not exist
@@ -263,6 +283,9 @@ type CreateRequest struct {
 func (d *Daemon) Create(ctx context.Context, req CreateRequest) (Device, error) {
 	if err := validName(req.Name); err != nil {
 		return Device{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if req.Image != "" {
+		return d.createImage(ctx, req)
 	}
 	switch req.Mode {
 	case "", "fsdax", "devdax", "raw":
@@ -291,6 +314,18 @@ func (d *Daemon) Create(ctx context.Context, req CreateRequest) (Device, error) 
 	path, err := d.confiner.Check(req.Backing)
 	if err != nil {
 		return Device{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if d.cfg.Images != nil {
+		// An image kept outside the catalog directory (image add catalogues
+		// files in place) is still an image: it is shared read-only.
+		im, err := d.cfg.Images.ImageAt(path)
+		if err != nil {
+			return Device{}, fmt.Errorf("device %q: image catalog: %w", req.Name, err)
+		}
+		if im != "" {
+			return Device{}, fmt.Errorf("%w: backing %s is the file of the catalogued image %q, which guests share read-only: use --image %s (or `image clone %s PATH` for a private writable copy)",
+				ErrInvalid, path, im, im, im)
+		}
 	}
 	d.opMu.Lock()
 	defer d.opMu.Unlock()

@@ -74,8 +74,11 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 	if s.LabelSize != 0 && s.LabelSize != info.LabelSize {
 		return BackingInfo{}, fmt.Errorf("existing backing has a %s label area, not the requested %s", memfile.FormatSize(info.LabelSize), memfile.FormatSize(s.LabelSize))
 	}
-	if b.Meta() != nil && b.Meta().ReadOnly && !s.ReadOnly {
-		return BackingInfo{}, errors.New("the backing's metadata marks it read-only: register it with --readonly")
+	if r := b.Meta().ReadOnlyReason(); r != "" && !s.ReadOnly {
+		if b.Meta().Image != "" {
+			return BackingInfo{}, fmt.Errorf("refusing a writable device: %s; a device from the catalog takes --image %s", r, b.Meta().Image)
+		}
+		return BackingInfo{}, fmt.Errorf("refusing a writable device: %s: register it with --readonly", r)
 	}
 	return info, nil
 }

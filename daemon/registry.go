@@ -27,7 +27,11 @@ const (
 // and of the state file.
 type Device struct {
 	Name string `json:"name"`
-	// Backing is the resolved path of the backing file or device.
+	// Image is the catalogued shared image the device is made from ("" for
+	// a device on a backing); such a device is always read-only.
+	Image string `json:"image,omitempty"`
+	// Backing is the resolved path of the backing file or device (for an
+	// image, the image file).
 	Backing string `json:"backing"`
 	// BackingSize is the size of the whole backing (guest data, unused
 	// tail and label area); QEMU's memory backend is given exactly this.
@@ -141,6 +145,17 @@ func decodeState(path string, b []byte) ([]Device, error) {
 		seen[d.Name] = true
 		if !filepath.IsAbs(d.Backing) {
 			return nil, fmt.Errorf("state file %s: devices[%d] (%s): backing %q is not absolute", path, i, d.Name, d.Backing)
+		}
+		if d.Image != "" {
+			if err := validName(d.Image); err != nil {
+				return nil, fmt.Errorf("state file %s: devices[%d] (%s): field image: %w", path, i, d.Name, err)
+			}
+			if !d.ReadOnly {
+				return nil, fmt.Errorf("state file %s: devices[%d] (%s): image %q device is not read-only: images are only ever attached read-only", path, i, d.Name, d.Image)
+			}
+			if d.Created {
+				return nil, fmt.Errorf("state file %s: devices[%d] (%s): image %q device is marked created: the daemon never owns an image file", path, i, d.Name, d.Image)
+			}
 		}
 		if d.Attached != nil && d.Attached.QMP == "" {
 			return nil, fmt.Errorf("state file %s: devices[%d] (%s): attachment without a QMP path", path, i, d.Name)

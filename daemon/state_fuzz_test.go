@@ -10,9 +10,12 @@ func TestDecodeStateErrors(t *testing.T) {
 		`{}`:                                    `no "version"`,
 		`{"version":2,"devices":[]}`:            "version 2",
 		`{"version":1,"devices":[{"name":""}]}`: "devices[0]",
-		`{"version":1,"devices":[{"name":"a","backing":"/x"},{"name":"a","backing":"/y"}]}`: "duplicate",
-		`{"version":1,"devices":[{"name":"a","backing":"rel"}]}`:                            "not absolute",
-		`{"version":1,"devices":[{"name":"a","backing":"/x","attached":{"qmp":""}}]}`:       "without a QMP path",
+		`{"version":1,"devices":[{"name":"a","backing":"/x"},{"name":"a","backing":"/y"}]}`:                "duplicate",
+		`{"version":1,"devices":[{"name":"a","backing":"rel"}]}`:                                           "not absolute",
+		`{"version":1,"devices":[{"name":"a","backing":"/x","attached":{"qmp":""}}]}`:                      "without a QMP path",
+		`{"version":1,"devices":[{"name":"a","backing":"/x","image":"base","readonly":false}]}`:            "not read-only",
+		`{"version":1,"devices":[{"name":"a","backing":"/x","image":"../b","readonly":true}]}`:             "field image",
+		`{"version":1,"devices":[{"name":"a","backing":"/x","image":"b","readonly":true,"created":true}]}`: "marked created",
 		`not json`: "state file",
 	}
 	for in, want := range cases {
@@ -25,6 +28,7 @@ func TestDecodeStateErrors(t *testing.T) {
 
 func FuzzDecodeState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"devices":[{"name":"pm0","backing":"/b/pm0.img","backing_size":67239936,"size":67108864,"label_size":131072,"attached":{"qmp":"/run/vm.qmp","kind":"nvdimm","device_id":"nvb-dev-pm0"}}]}`))
+	f.Add([]byte(`{"version":1,"devices":[{"name":"a","image":"base","backing":"/i/base.img","backing_size":4194304,"size":4194304,"readonly":true}]}`))
 	f.Add([]byte(`{"version":1,"devices":[]}`))
 	f.Add([]byte(`{"version":1,"devices":null}`))
 	f.Add([]byte(`{"version":0}`))
@@ -39,6 +43,9 @@ func FuzzDecodeState(f *testing.F) {
 				t.Fatalf("accepted bad or duplicate name %q", d.Name)
 			}
 			seen[d.Name] = true
+			if d.Image != "" && (!d.ReadOnly || d.Created) {
+				t.Fatalf("accepted a writable or daemon-owned image device %+v", d)
+			}
 		}
 	})
 }

@@ -30,7 +30,7 @@ func init() {
 }
 
 func newServeCmd() *cobra.Command {
-	var stateDir, sock string
+	var stateDir, sock, catalogDir string
 	var backingDirs []string
 	var writeback time.Duration
 	c := &cobra.Command{
@@ -39,8 +39,16 @@ func newServeCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg := daemon.NewRegistry()
+			if catalogDir == "" {
+				catalogDir = filepath.Join(stateDir, "images")
+			}
+			cat, err := memfile.OpenCatalog(catalogDir)
+			if err != nil {
+				return err
+			}
 			d, err := daemon.New(daemon.Config{
 				StateDir: stateDir, BackingDirs: backingDirs,
+				Images:    daemon.CatalogImages{Catalog: cat},
 				Registry:  reg,
 				VhostUser: daemon.PMemVhostUser(reg, slog.Default()),
 				Writeback: daemon.FileWriteback(reg, writeback, slog.Default()),
@@ -66,13 +74,14 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			defer os.Remove(sock)
-			slog.Info("serving", "control_socket", sock, "state_dir", stateDir, "backing_dirs", d.Confiner().Dirs())
+			slog.Info("serving", "control_socket", sock, "state_dir", stateDir, "backing_dirs", d.Confiner().Dirs(), "catalog", d.Confiner().CatalogDir())
 			return d.Serve(ctx, l)
 		},
 	}
 	c.Flags().StringVar(&stateDir, "state-dir", daemon.DefaultStateDir(), "state directory (registry, vhost-user sockets)")
 	c.Flags().StringVar(&sock, "control-socket", daemon.DefaultControlSocket(), "control socket path (created 0600)")
 	c.Flags().StringArrayVar(&backingDirs, "backing-dir", nil, "directory backings may live in (repeatable; default <state-dir>/backings)")
+	c.Flags().StringVar(&catalogDir, "catalog", "", "image catalog directory for devices made with --image (default <state-dir>/images); usable for images only")
 	c.Flags().DurationVar(&writeback, "nvdimm-writeback", 5*time.Second, "sync interval for NVDIMMs on plain files, whose guests cannot flush (0: off)")
 	return c
 }
@@ -87,11 +96,17 @@ func newDeviceCmd() *cobra.Command {
 	var size, label sizeFlag
 	var slot int
 	create := &cobra.Command{
-		Use:   "create NAME --backing PATH [--size SIZE] [--label-size SIZE] [--namespace NAME --mode MODE] [--readonly]",
-		Short: "Register a device; its backing is created when missing and adopted when present",
+		Use:   "create NAME (--backing PATH [--size SIZE] [--label-size SIZE] [--namespace NAME --mode MODE] [--readonly] | --image IMAGE)",
+		Short: "Register a device; its backing is created when missing and adopted when present, or it is a catalogued image (read-only)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
+			if (req.Backing == "") == (req.Image == "") {
+				return errors.New("device create: give exactly one of --backing PATH and --image IMAGE")
+			}
+			if req.Image != "" && cmd.Flags().Changed("readonly") && !req.ReadOnly {
+				return fmt.Errorf("device create: refusing --readonly=false with --image %s: images are shared read-only by every guest; make a private writable copy with `image clone %s PATH` and use --backing", req.Image, req.Image)
+			}
 			if req.Backing != "" && !filepath.IsAbs(req.Backing) {
 				abs, err := filepath.Abs(req.Backing)
 				if err != nil {
@@ -117,7 +132,7 @@ func newDeviceCmd() *cobra.Command {
 	create.Flags().StringVar(&req.Mode, "mode", "", "namespace mode: fsdax, devdax or raw")
 	create.Flags().IntVar(&slot, "slot", -1, "DIMM slot the namespace labels are written for (with --namespace)")
 	create.Flags().BoolVar(&req.ReadOnly, "readonly", false, "read-only device (nvdimm attached unarmed)")
-	_ = create.MarkFlagRequired("backing")
+	create.Flags().StringVar(&req.Image, "image", "", "make the device from this catalogued image (read-only, attached as an nvdimm; many devices may share one image)")
 
 	list := &cobra.Command{
 		Use: "list", Short: "List devices", Args: cobra.NoArgs,
@@ -134,7 +149,11 @@ func newDeviceCmd() *cobra.Command {
 					if d.Attached != nil {
 						att = d.Attached.Kind + " @ " + d.Attached.QMP
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", d.Name, memfile.FormatSize(d.Size), memfile.FormatSize(d.LabelSize), dash(d.Mode), d.ReadOnly, att, d.Backing)
+					backing := d.Backing
+					if d.Image != "" {
+						backing = "image " + d.Image + ": " + d.Backing
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", d.Name, memfile.FormatSize(d.Size), memfile.FormatSize(d.LabelSize), dash(d.Mode), d.ReadOnly, att, backing)
 				}
 				return tw.Flush()
 			})
@@ -210,6 +229,9 @@ func dash(s string) string {
 func printDevice(w io.Writer, d daemon.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\n", d.Name)
+	if d.Image != "" {
+		fmt.Fprintf(tw, "image:\t%s (shared read-only, attached as an unarmed nvdimm)\n", d.Image)
+	}
 	fmt.Fprintf(tw, "backing:\t%s (%s, created by daemon: %v)\n", d.Backing, memfile.FormatSize(d.BackingSize), d.Created)
 	fmt.Fprintf(tw, "guest size:\t%s\n", memfile.FormatSize(d.Size))
 	fmt.Fprintf(tw, "label size:\t%s\n", memfile.FormatSize(d.LabelSize))
