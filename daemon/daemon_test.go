@@ -254,7 +254,9 @@ func TestAttachVhostUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := e.vm.callList(); !slices.Equal(got, []string{"chardev-add", "device_add", "qom-get"}) {
+	// device_add waits until the chardev has connected (the fake reports
+	// it disconnected on the first query).
+	if got := e.vm.callList(); !slices.Equal(got, []string{"chardev-add", "query-chardev", "query-chardev", "device_add", "qom-get"}) {
 		t.Fatalf("calls %v", got)
 	}
 	chr := e.vm.args[0]
@@ -264,7 +266,7 @@ func TestAttachVhostUser(t *testing.T) {
 	if be["type"] != "socket" || data["server"] != false || addr["path"] != e.d.VhostSocketPath("vu0") {
 		t.Fatalf("chardev-add %v", chr)
 	}
-	dev := e.vm.args[1]
+	dev := e.vm.args[3]
 	if dev["driver"] != "vhost-user-test-device-pci" || dev["virtio-id"] != float64(27) || dev["num_vqs"] != float64(1) || dev["config_size"] != float64(16) || dev["chardev"] != "nvb-chr-vu0" {
 		t.Fatalf("device_add %v", dev)
 	}
@@ -283,8 +285,31 @@ func TestAttachVhostUserRollback(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not a valid device model name") {
 		t.Fatalf("attach: %v", err)
 	}
-	if got := e.vm.callList(); !slices.Equal(got, []string{"chardev-add", "device_add", "chardev-remove"}) {
+	if got := e.vm.callList(); !slices.Equal(got, []string{"chardev-add", "query-chardev", "query-chardev", "device_add", "chardev-remove"}) {
 		t.Fatalf("calls %v", got)
+	}
+	if len(e.vm.chardevs) != 0 || !e.servers[0].isClosed() {
+		t.Fatalf("residue: chardevs %v, server closed %v", e.vm.chardevs, e.servers[0].isClosed())
+	}
+	assertUnlocked(t, dv.Backing)
+}
+
+// TestAttachVhostUserChardevNeverConnects: when QEMU's chardev never
+// connects to the server, no device_add is sent; the attach fails within
+// its timeout naming the chardev and rolls back.
+func TestAttachVhostUserChardevNeverConnects(t *testing.T) {
+	e := newEnv(t)
+	dv := e.create("vu0")
+	e.vm.neverConnect = true
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := e.d.Attach(ctx, "vu0", AttachRequest{QMP: e.qmpPath, As: KindVhostUser})
+	if err == nil || !strings.Contains(err.Error(), "nvb-chr-vu0 did not connect") {
+		t.Fatalf("attach: %v", err)
+	}
+	calls := e.vm.callList()
+	if slices.Contains(calls, "device_add") || calls[len(calls)-1] != "chardev-remove" {
+		t.Fatalf("calls %v: want no device_add and a chardev-remove last", calls)
 	}
 	if len(e.vm.chardevs) != 0 || !e.servers[0].isClosed() {
 		t.Fatalf("residue: chardevs %v, server closed %v", e.vm.chardevs, e.servers[0].isClosed())

@@ -107,6 +107,9 @@ func (w *wireQMP) serve(c net.Conn) {
 			reply["error"] = map[string]any{"class": "GenericError", "desc": desc}
 		} else if cmd == "query-memory-devices" && memdevs != "" {
 			reply["return"] = json.RawMessage(memdevs)
+		} else if cmd == "query-chardev" {
+			// QEMU connects the chardev to the daemon's server at once here.
+			reply["return"] = []map[string]any{{"label": "nvb-chr-vu0", "filename": "unix:/x.sock", "frontend-open": false}}
 		} else if cmd == "qom-get" {
 			reply["return"] = "vhost-user-test-device-pci"
 		} else {
@@ -162,7 +165,7 @@ func TestVhostUserAttachOverWireQMP(t *testing.T) {
 	for _, c := range w.commands() {
 		got = append(got, c["execute"].(string))
 	}
-	want := []string{"qmp_capabilities", "chardev-add", "device_add", "qom-get"}
+	want := []string{"qmp_capabilities", "chardev-add", "query-chardev", "device_add", "qom-get"}
 	if len(got) != len(want) {
 		t.Fatalf("commands %v, want %v", got, want)
 	}
@@ -171,7 +174,7 @@ func TestVhostUserAttachOverWireQMP(t *testing.T) {
 			t.Fatalf("commands %v, want %v", got, want)
 		}
 	}
-	dev := w.commands()[2]["arguments"].(map[string]any)
+	dev := w.commands()[3]["arguments"].(map[string]any)
 	if dev["driver"] != "vhost-user-test-device-pci" || dev["virtio-id"] != float64(27) || dev["bus"] != "rp1" || dev["chardev"] != "nvb-chr-vu0" {
 		t.Fatalf("device_add arguments %v", dev)
 	}

@@ -81,18 +81,24 @@ type fakeVM struct {
 	objects  map[string]bool
 	devices  map[string]map[string]any
 	chardevs map[string]bool
-	refuse   map[string]*QEMUError // command -> refusal
-	hideDevs bool                  // query-memory-devices omits everything
-	allowDel bool                  // device_del succeeds (and the device goes)
-	gone     chan struct{}
-	goneOnce sync.Once
+	// chardevQueries counts query-chardev answers per chardev: a new
+	// client chardev is reported "disconnected:" once, as QEMU's
+	// asynchronous reconnect-ms connect is; neverConnect keeps it so.
+	// +checklocks:mu
+	chardevQueries map[string]int
+	neverConnect   bool
+	refuse         map[string]*QEMUError // command -> refusal
+	hideDevs       bool                  // query-memory-devices omits everything
+	allowDel       bool                  // device_del succeeds (and the device goes)
+	gone           chan struct{}
+	goneOnce       sync.Once
 	// +checklocks:mu
 	closed bool
 }
 
 func newFakeVM() *fakeVM {
 	return &fakeVM{objects: map[string]bool{}, devices: map[string]map[string]any{},
-		chardevs: map[string]bool{}, refuse: map[string]*QEMUError{}, gone: make(chan struct{})}
+		chardevs: map[string]bool{}, chardevQueries: map[string]int{}, refuse: map[string]*QEMUError{}, gone: make(chan struct{})}
 }
 
 func (v *fakeVM) Gone() <-chan struct{} { return v.gone }
@@ -135,6 +141,18 @@ func (v *fakeVM) Execute(ctx context.Context, cmd string, args any) (json.RawMes
 		v.chardevs[id] = true
 	case "chardev-remove":
 		delete(v.chardevs, id)
+	case "query-chardev":
+		out := []map[string]any{{"label": "compat_monitor0", "filename": "stdio", "frontend-open": true}}
+		for c := range v.chardevs {
+			fn := "unix:/fake.sock"
+			if v.neverConnect || v.chardevQueries[c] == 0 {
+				fn = "disconnected:unix:/fake.sock"
+			}
+			v.chardevQueries[c]++
+			out = append(out, map[string]any{"label": c, "filename": fn, "frontend-open": false})
+		}
+		b, _ := json.Marshal(out)
+		return b, nil
 	case "device_add":
 		if m, ok := a["memdev"].(string); ok && !v.objects[m] {
 			return nil, &QEMUError{Class: "GenericError", Desc: "can't find memdev"}
