@@ -21,6 +21,7 @@ type realVM struct {
 	daemonQMP string
 	mon       *qmp.Client
 	exit      chan error
+	pid       int
 }
 
 func startRealQEMU(t *testing.T, machine, mem string, extra ...string) *realVM {
@@ -46,6 +47,7 @@ func startRealQEMU(t *testing.T, machine, mem string, extra ...string) *realVM {
 		cancel()
 		t.Fatalf("starting QEMU: %v", err)
 	}
+	vm.pid = cmd.Process.Pid
 	go func() { vm.exit <- cmd.Wait() }()
 	t.Cleanup(func() {
 		if vm.mon != nil {
