@@ -220,19 +220,7 @@ func attachAndStart(ctx context.Context, d *daemonProc, vm *VM, devs map[string]
 		return nil, err
 	}
 	for name, bus := range devs {
-		// The daemon's attach sends device_add right after chardev-add;
-		// a chardev with reconnect-ms connects asynchronously, and
-		// vhost-user-base's realize fails ("Protocol error") when the
-		// socket is not connected yet. Until the daemon waits for the
-		// connection, retry (each failure is rolled back).
-		var err error
-		for try := 0; try < 8; try++ {
-			if _, err = d.cli("device", "attach", name, "--qmp", vm.QMPSocket, "--as", "vhost-user", "--bus", bus); err == nil || !strings.Contains(err.Error(), "Protocol error") {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		if err != nil {
+		if _, err := d.cli("device", "attach", name, "--qmp", vm.QMPSocket, "--as", "vhost-user", "--bus", bus); err != nil {
 			return nil, err
 		}
 	}
