@@ -44,10 +44,19 @@ type benchRun struct {
 	P99us     float64 `json:"p99_us"`
 	FsyncP50  float64 `json:"fsync_p50_us"`
 	WriteP50  float64 `json:"write_p50_us"`
-	// HostFlushes is what the host saw between the run's marks: flush
-	// requests completed by the daemon (ours) or QEMU's
-	// virtio_pmem_flush_done trace events (built-in), each one fsync.
-	HostFlushes float64 `json:"host_flushes"`
+	// What the host saw between the run's marks: flush requests
+	// answered, host syncs issued, and for ours the seconds spent in
+	// syncs and from request arrival to completion (-1: not known).
+	Requests  float64 `json:"requests"`
+	HostSyncs float64 `json:"host_syncs"`
+	SyncSec   float64 `json:"sync_seconds"`
+	LatSec    float64 `json:"request_seconds"`
+}
+
+// hostCounts are cumulative host-side counters at one moment.
+type hostCounts struct {
+	Requests, Syncs float64
+	SyncSec, LatSec float64 // -1: not known (built-in)
 }
 
 // benchRuns are the (devices, threads) runs of a case with n devices.
@@ -231,22 +240,26 @@ func runBenchCase(t *testing.T, q *QEMU, c benchCase, seconds int) (map[string]*
 		}
 		vm.ExtraArgs = append(vm.ExtraArgs, "-trace", "virtio_pmem_flush_done", "-D", tracePath)
 	}
-	count := func() float64 {
+	// counts samples what the host has seen so far: flush requests, host
+	// syncs and the daemon's sync and request time (ours), or QEMU's
+	// virtio_pmem_flush_done events, each one request and one fsync.
+	count := func() hostCounts {
 		if c.Ours {
-			var sum float64
+			m := d.metrics()
+			var hc hostCounts
 			for name := range devs {
-				v := d.flushes(name)
-				if v < 0 {
-					return -1
-				}
-				sum += v
+				hc.Requests += m["nvdimm_backend_vhost_pmem_flushes_total"][name]
+				hc.Syncs += m["nvdimm_flush_syncs_total"][name]
+				hc.SyncSec += m["nvdimm_flush_sync_duration_seconds_sum"][name]
+				hc.LatSec += m["nvdimm_flush_latency_seconds_sum"][name]
 			}
-			return sum
+			return hc
 		}
 		b, _ := os.ReadFile(tracePath)
-		return float64(strings.Count(string(b), "virtio_pmem_flush_done"))
+		n := float64(strings.Count(string(b), "virtio_pmem_flush_done"))
+		return hostCounts{Requests: n, Syncs: n, SyncSec: -1, LatSec: -1}
 	}
-	marks := map[string]float64{}
+	marks := map[string]hostCounts{}
 	vm.Started = func(ctx context.Context, vm *VM) error {
 		qc, err := attachAndStart(ctx, d, vm, devs)
 		if err != nil {
@@ -304,9 +317,10 @@ func runBenchCase(t *testing.T, q *QEMU, c benchCase, seconds int) (map[string]*
 			return nil, fmt.Errorf("%s %s: %q: %w", c.Name, tag, b, err)
 		}
 		s, e := marks[tag+".start"], marks[tag+".end"]
-		br.HostFlushes = -1
-		if s >= 0 && e >= s {
-			br.HostFlushes = e - s
+		br.Requests, br.HostSyncs = e.Requests-s.Requests, e.Syncs-s.Syncs
+		br.SyncSec, br.LatSec = -1, -1
+		if s.SyncSec >= 0 {
+			br.SyncSec, br.LatSec = e.SyncSec-s.SyncSec, e.LatSec-s.LatSec
 		}
 		runs[tag] = br
 	}
@@ -372,7 +386,7 @@ func TestBenchGuest(t *testing.T) {
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "guest flush benchmark: 4 KiB write + fsync per op on ext4 -o dax, %d s per run, %s, TCG\n", seconds, q.Version)
-	fmt.Fprintf(&out, "%-20s %-6s %10s %10s %10s %10s %10s %s\n", "case", "run", "ops/s", "p50 us", "p99 us", "write p50", "fsync p50", "host syncs per op (syncs/ops)")
+	fmt.Fprintf(&out, "%-20s %-6s %9s %8s %8s %8s %8s %9s %9s\n", "case", "run", "ops/s", "p50 us", "p99 us", "write50", "fsync50", "req/op", "syncs/op")
 	for i, c := range cases {
 		if errs[i] != nil {
 			fmt.Fprintf(&out, "%-20s FAILED: %v\n", c.Name, strings.SplitN(errs[i].Error(), "\n", 2)[0])
@@ -380,11 +394,8 @@ func TestBenchGuest(t *testing.T) {
 		}
 		for _, r := range benchRuns(c.Devices) {
 			br := results[i][fmt.Sprintf("d%dx%d", r[0], r[1])]
-			per := "n/a"
-			if br.HostFlushes >= 0 && br.AllOps > 0 {
-				per = fmt.Sprintf("%.2f (%.0f/%d)", br.HostFlushes/float64(br.AllOps), br.HostFlushes, br.AllOps)
-			}
-			fmt.Fprintf(&out, "%-20s %-6s %10.1f %10.0f %10.0f %10.0f %10.0f %s\n", c.Name, br.Tag, br.OpsPerSec, br.P50us, br.P99us, br.WriteP50, br.FsyncP50, per)
+			ops := float64(max(br.AllOps, 1))
+			fmt.Fprintf(&out, "%-20s %-6s %9.1f %8.0f %8.0f %8.0f %8.0f %9.2f %9.2f\n", c.Name, br.Tag, br.OpsPerSec, br.P50us, br.P99us, br.WriteP50, br.FsyncP50, br.Requests/ops, br.HostSyncs/ops)
 		}
 	}
 	fmt.Fprintf(&out, "host raw 4 KiB pwrite+fdatasync on the backing filesystem: p50 %.0f us, p99 %.0f us (the physical limit of one host sync)\n", hp50, hp99)
@@ -403,18 +414,26 @@ func TestBenchGuest(t *testing.T) {
 	if errs[2] == nil && errs[3] == nil {
 		fmt.Fprintf(&out, "guest flush ratio 4 devices x16: %.2f\n", results[3]["d4x16"].OpsPerSec/results[2]["d4x16"].OpsPerSec)
 	}
-	// Where one flush's time goes (ours, one thread): the guest measures
-	// write and fsync; the daemon counts the flush requests per fsync;
-	// each request costs one host fsync, bounded below by the raw
-	// fdatasync above; the rest is the guest's own work plus the hop
-	// (virtqueue notify -> back-end -> interrupt).
+	// Where one flush's time goes (ours, one thread, means over the
+	// run): the guest measures write and fsync; the daemon reports how
+	// many requests that fsync sent, the time from a request's arrival to
+	// its completion, and the time in the host sync itself; what is left
+	// of the guest's fsync is the guest's own work (ext4, DAX writeback)
+	// plus the hop (virtqueue notify -> back-end -> used ring -> interrupt).
 	if errs[1] == nil && herr == nil {
 		br := results[1]["d1x1"]
-		if br.HostFlushes > 0 && br.AllOps > 0 {
-			per := br.HostFlushes / float64(br.AllOps)
-			rest := br.FsyncP50 - per*hp50
-			fmt.Fprintf(&out, "one op, ours x1 (p50): write %.0f us (guest DAX copy) + fsync %.0f us = %.1f flush requests x (host sync >= %.0f us) + %.0f us guest ext4 work and virtqueue round trips (%.0f us per request)\n",
-				br.WriteP50, br.FsyncP50, per, hp50, rest, rest/per)
+		if br.Requests > 0 && br.AllOps > 0 && br.LatSec >= 0 {
+			ops := float64(br.AllOps)
+			fsyncUs := 1e6 / br.OpsPerSec * float64(br.Threads) // mean op time
+			reqPerOp := br.Requests / ops
+			inDaemonUs := br.LatSec / br.Requests * 1e6
+			syncUs := 0.0
+			if br.HostSyncs > 0 {
+				syncUs = br.SyncSec / br.HostSyncs * 1e6
+			}
+			fmt.Fprintf(&out, "one op, ours x1 (means): %.0f us per write+fsync = %.2f flush requests x %.0f us in the daemon (of which host sync %.0f us, %.2f syncs per request) + %.0f us guest work and hops\n",
+				fsyncUs, reqPerOp, inDaemonUs, syncUs, br.HostSyncs/max(br.Requests, 1), fsyncUs-reqPerOp*inDaemonUs)
+			fmt.Fprintf(&out, "host raw fdatasync p50 %.0f us is the floor for one host sync\n", hp50)
 		}
 	}
 	fmt.Fprintf(&out, "6.1 guests: virtio_pmem there has no SHMEM_REGION, and QEMU's generic vhost-user device can place the range nowhere else, so ours cannot run on 6.1; its built-in numbers show what several outstanding flushes per device give QEMU's thread pool\n")

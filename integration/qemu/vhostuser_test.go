@@ -172,22 +172,37 @@ func (d *daemonProc) cli(args ...string) (string, error) {
 	return o.String(), nil
 }
 
-var flushMetricRE = regexp.MustCompile(`(?m)^nvdimm_backend_vhost_pmem_flushes_total\{device="([^"]+)"\} (\S+)$`)
+var metricLineRE = regexp.MustCompile(`(?m)^([a-z_]+)\{device="([^"]+)"\} (\S+)$`)
 
-// flushes returns the daemon's flush counter for device name (-1 when
-// the daemon or the device's server does not report one).
-func (d *daemonProc) flushes(name string) float64 {
+// metrics returns the daemon's per-device series (name -> device ->
+// value; histograms as their _sum and _count), or nil when the daemon
+// does not answer.
+func (d *daemonProc) metrics() map[string]map[string]float64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	m, err := daemon.NewClient(d.ctl).Metrics(ctx)
 	if err != nil {
-		return -1
+		return nil
 	}
-	for _, sm := range flushMetricRE.FindAllStringSubmatch(m, -1) {
-		if sm[1] == name {
-			v, _ := strconv.ParseFloat(sm[2], 64)
-			return v
+	out := map[string]map[string]float64{}
+	for _, sm := range metricLineRE.FindAllStringSubmatch(m, -1) {
+		v, err := strconv.ParseFloat(sm[3], 64)
+		if err != nil {
+			continue
 		}
+		if out[sm[1]] == nil {
+			out[sm[1]] = map[string]float64{}
+		}
+		out[sm[1]][sm[2]] = v
+	}
+	return out
+}
+
+// flushes returns the daemon's flush counter for device name (-1 when
+// the daemon or the device's server does not report one).
+func (d *daemonProc) flushes(name string) float64 {
+	if v, ok := d.metrics()["nvdimm_backend_vhost_pmem_flushes_total"][name]; ok {
+		return v
 	}
 	return -1
 }
