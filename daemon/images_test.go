@@ -413,3 +413,26 @@ func TestImageInfoFromArgs(t *testing.T) {
 		}
 	}
 }
+
+// FuzzImageInfoFromArgs: any -object/-device pair is either refused or
+// yields a read-only nvdimm description; nothing panics.
+func FuzzImageInfoFromArgs(f *testing.F) {
+	f.Add("memory-backend-file,id=mem-nv0,mem-path=/i/a,,b.img,size=4M,share=on,align=2M,readonly=on", "nvdimm,id=nv0,memdev=mem-nv0,unarmed=on")
+	f.Add("memory-backend-file,id=mem-nv0,mem-path=/i/a.img,size=1048704K,share=on,align=2M,pmem=on,readonly=on", "nvdimm,id=nv0,memdev=mem-nv0,unarmed=on,slot=1")
+	f.Add("", "")
+	f.Add(",,,,=,", "nvdimm,,unarmed=on")
+	f.Fuzz(func(t *testing.T, obj, dev string) {
+		info, err := imageInfoFromArgs(memfile.QEMUArgs{Object: obj, Device: dev})
+		if err != nil {
+			return
+		}
+		_, o := splitQEMUOpts(obj)
+		_, d := splitQEMUOpts(dev)
+		if o["readonly"] != "on" || o["share"] != "on" || d["unarmed"] != "on" {
+			t.Fatalf("accepted a writable attach: %q %q", obj, dev)
+		}
+		if info.LabelSize != 0 || info.Created {
+			t.Fatalf("image info %+v", info)
+		}
+	})
+}
