@@ -1,5 +1,3 @@
-//go:build integration
-
 // Package qemu owns the integration harness that boots real Linux guests
 // under QEMU to prove NVDIMM behaviour end to end: it installs QEMU and the
 // guest userland from Debian's archive when missing, builds a cached guest
@@ -9,6 +7,8 @@
 // failed scenarios under artifacts/. The scenarios live in its _test files;
 // they drive the nvdimm-backend binary the way users do.
 //
-// Everything here is behind the "integration" build tag: run it with
+// The guest scenarios are behind the "integration" build tag: run them with
 // `make integration` or `go test -tags integration ./integration/qemu/...`.
+// The harness's parsers (console markers, its NFIT reader) and install.sh's
+// source derivation are tested without the tag, in `make unit`.
 package qemu

@@ -45,13 +45,6 @@ var guestModules = []string{
 	"9pnet_virtio", "9p",
 }
 
-// Markers printed by /init on the serial console.
-const (
-	markBegin = "@@NVDIMM-BEGIN@@"
-	markExit  = "@@NVDIMM-EXIT "
-	markEnd   = "@@NVDIMM-END@@"
-)
-
 // initScript is the guest's /init. It mounts the 9p share "host" on /host,
 // loads the modules, runs /host/run.sh and reports its exit status between
 // markers before powering off.

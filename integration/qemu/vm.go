@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,21 +46,6 @@ type VM struct {
 	Console     io.Writer                               // when set, the console is also copied here as it arrives
 	Share       string                                  // set by the harness: the host directory shared as /host
 	PID         int                                     // set by the harness before Started: the QEMU process
-}
-
-// Result is what a guest run produced.
-type Result struct {
-	ExitCode int    // exit status of the guest script; -1 when no marker was seen
-	Console  string // the serial console
-	Output   string // console text between the begin and exit markers
-	Share    string // host directory shared as /host
-	Accel    string // tcg or kvm
-	Elapsed  time.Duration
-}
-
-// Read returns a file the guest wrote into the share.
-func (r *Result) Read(name string) ([]byte, error) {
-	return os.ReadFile(filepath.Join(r.Share, name))
 }
 
 var (
@@ -289,26 +273,6 @@ func runStarted(ctx context.Context, vm *VM, exited <-chan struct{}) error {
 		err = fmt.Errorf("guest %s: QEMU exited while the host side was waiting: %w", vm.Name, err)
 	}
 	return err
-}
-
-var exitRE = regexp.MustCompile(regexp.QuoteMeta(markExit) + `(-?\d+)@@`)
-
-func parseMarkers(res *Result) {
-	c := strings.ReplaceAll(res.Console, "\r\n", "\n")
-	b := strings.Index(c, markBegin)
-	if b < 0 {
-		return
-	}
-	rest := c[b+len(markBegin):]
-	m := exitRE.FindStringSubmatchIndex(rest)
-	if m == nil {
-		return
-	}
-	res.Output = strings.TrimPrefix(rest[:m[0]], "\n")
-	res.ExitCode, _ = strconv.Atoi(rest[m[2]:m[3]])
-	if !strings.Contains(rest[m[1]:], markEnd) {
-		res.ExitCode = -1
-	}
 }
 
 type lockedBuffer struct {

@@ -1,0 +1,142 @@
+package qemu
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Fast checks of the harness's own pieces that need no guest and no build
+// tag: they run in `make unit`.
+
+// acpiTestdata holds the NFIT tables captured from real guests.
+const acpiTestdata = "../../acpi/testdata"
+
+func TestParseMarkers(t *testing.T) {
+	cases := []struct {
+		console string
+		code    int
+		output  string
+	}{
+		{"boot noise\r\n" + markBegin + "\r\nhello\r\n" + markExit + "3@@\r\n" + markEnd + "\r\n", 3, "hello\n"},
+		{markBegin + "\n" + markExit + "0@@\n" + markEnd + "\n", 0, ""},
+		{markBegin + "\nhello\n", -1, ""},                         // no exit marker: crashed
+		{markBegin + "\n" + markExit + "0@@\n", -1, ""},           // no end marker: cut off
+		{"hello\n" + markExit + "0@@\n" + markEnd + "\n", -1, ""}, // no begin marker
+	}
+	for i, c := range cases {
+		r := &Result{ExitCode: -1, Console: c.console}
+		parseMarkers(r)
+		if r.ExitCode != c.code || (c.code >= 0 && r.Output != c.output) {
+			t.Errorf("case %d: exit %d output %q, want %d %q", i, r.ExitCode, r.Output, c.code, c.output)
+		}
+	}
+}
+
+// TestQEMUCookies checks the harness's cookie formula against the values
+// real guests reported (reference digest, confirmed in guests).
+func TestQEMUCookies(t *testing.T) {
+	want := map[int][2]uint64{0: {0x002468ac00123456, 0x00ba90120012b4dc}, 1: {0x002468ae00123457, 0x00ba901c0012b4dd}}
+	for slot, w := range want {
+		c1, c2 := qemuCookies(slot)
+		if c1 != w[0] || c2 != w[1] {
+			t.Errorf("slot %d: cookies %#x %#x, want %#x %#x", slot, c1, c2, w[0], w[1])
+		}
+	}
+}
+
+func TestParseNFITSPAsCaptured(t *testing.T) {
+	tbl, err := os.ReadFile(filepath.Join(acpiTestdata, "qemu-four-dimm.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spas, err := parseNFITSPAs(tbl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handles []uint32
+	for _, s := range spas {
+		handles = append(handles, s.handle)
+		if s.index != uint16(s.handle*2) {
+			t.Errorf("SPA index %d for handle %d, want %d", s.index, s.handle, s.handle*2)
+		}
+	}
+	if len(handles) != 4 {
+		t.Fatalf("handles %v", handles)
+	}
+	// Corruptions are errors, never panics.
+	bad := append([]byte(nil), tbl...)
+	bad[9]++
+	if _, err := parseNFITSPAs(bad); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Errorf("bad checksum: %v", err)
+	}
+	if _, err := parseNFITSPAs(tbl[:100]); err == nil {
+		t.Error("truncated table accepted")
+	}
+}
+
+func FuzzParseNFITSPAs(f *testing.F) {
+	for _, n := range []string{"qemu-one-dimm.bin", "qemu-four-dimm.bin", "qemu-persistence-cpu.bin"} {
+		b, err := os.ReadFile(filepath.Join(acpiTestdata, n))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("NFIT"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parseNFITSPAs(b) //nolint:errcheck // must not panic
+	})
+}
+
+// TestBackportsSourceDerived: install.sh derives the bookworm-backports
+// source from the machine's own apt sources, never from a built-in host.
+func TestBackportsSourceDerived(t *testing.T) {
+	script, err := filepath.Abs("install.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, file, body string
+		want             []string // lines the stanza must have; nil = must fail
+	}{
+		{"deb822", "sources.list.d/debian.sources",
+			"Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/example.gpg\n\n" +
+				"Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n",
+			[]string{"URIs: http://mirror.example/debian", "Suites: bookworm-backports", "Signed-By: /usr/share/keyrings/example.gpg"}},
+		{"security-first", "sources.list.d/a.sources",
+			"Types: deb\nURIs: http://mirror.example/sec\nSuites: bookworm-security\n\nTypes: deb\nURIs: http://mirror.example/main\nSuites: bookworm\n",
+			[]string{"URIs: http://mirror.example/main"}},
+		{"one-line", "sources.list", "deb http://mirror.example/debian bookworm main\n",
+			[]string{"URIs: http://mirror.example/debian"}},
+		{"none", "sources.list", "deb http://mirror.example/debian trixie main\n", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.MkdirAll(filepath.Join(dir, "sources.list.d"), 0o755) //nolint:errcheck
+			if err := os.WriteFile(filepath.Join(dir, c.file), []byte(c.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(script, "--print-backports-source")
+			cmd.Env = append(os.Environ(), "NVDIMM_APT_DIR="+dir)
+			out, err := cmd.Output()
+			if c.want == nil {
+				if err == nil {
+					t.Fatalf("derived a source from no bookworm entry: %s", out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(string(out), w+"\n") {
+					t.Errorf("stanza lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
