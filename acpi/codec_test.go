@@ -426,3 +426,68 @@ func TestDumpAndText(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckQEMURules: the builder refuses topologies QEMU can never
+// present, naming the DIMM and field, and warns on what Linux uses badly;
+// CompareQEMU still describes such tables.
+func TestCheckQEMURules(t *testing.T) {
+	ok := QEMUDIMM{Slot: 0, Addr: 1 << 32, Size: 128 << 20}
+	refused := []struct {
+		name string
+		top  QEMUTopology
+		want string
+	}{
+		{"auditor's example", QEMUTopology{DIMMs: []QEMUDIMM{{Slot: 0, Addr: 1, Size: 3}}}, "dimms[0] (slot 0): addr: 0x1 is not a multiple of 4 KiB"},
+		{"size not a page", QEMUTopology{DIMMs: []QEMUDIMM{ok, {Slot: 1, Addr: 1<<32 + 128<<20, Size: 1<<20 + 512}}}, "dimms[1] (slot 1): size: 1049088 is not a multiple of 4 KiB"},
+		{"slot 256", QEMUTopology{DIMMs: []QEMUDIMM{{Slot: 256, Addr: 1 << 32, Size: 1 << 30}}}, "dimms[0] (slot 256): slot: 256 is beyond QEMU's 256 memory slots"},
+		{"duplicate slot", QEMUTopology{DIMMs: []QEMUDIMM{ok, {Slot: 0, Addr: 1 << 40, Size: 1 << 30}}}, "dimms[1]: slot 0 used twice"},
+		{"overlap", QEMUTopology{DIMMs: []QEMUDIMM{ok, {Slot: 1, Addr: 1<<32 + 64<<20, Size: 1 << 30}}}, "dimms[1] (slot 1) overlaps dimms[0] (slot 0)"},
+	}
+	for _, c := range refused {
+		if _, err := c.top.CheckQEMU(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: CheckQEMU = %v, want an error containing %q", c.name, err, c.want)
+		}
+		if _, err := BuildQEMU(c.top); err == nil {
+			t.Errorf("%s: BuildQEMU accepted it", c.name)
+		}
+		if _, err := QEMUNFIT(c.top); err == nil {
+			t.Errorf("%s: QEMUNFIT accepted it", c.name)
+		}
+	}
+
+	// Page-aligned but not 16 MiB aligned: built, with warnings.
+	odd := QEMUTopology{DIMMs: []QEMUDIMM{{Slot: 255, Addr: 1<<32 + 4096, Size: 20 << 20}}}
+	ws, err := odd.CheckQEMU()
+	if err != nil || len(ws) != 2 || !strings.Contains(ws[0], "addr 0x100001000 is not a multiple of 16 MiB") || !strings.Contains(ws[1], "size 20 MiB") || !strings.Contains(ws[1], "only 16 MiB") {
+		t.Errorf("CheckQEMU(%+v) = %q, %v", odd, ws, err)
+	}
+	if _, err := BuildQEMU(odd); err != nil {
+		t.Errorf("BuildQEMU with warnings only: %v", err)
+	}
+	if ws, err := (QEMUTopology{DIMMs: []QEMUDIMM{ok}}).CheckQEMU(); err != nil || len(ws) != 0 {
+		t.Errorf("aligned DIMM: %q, %v", ws, err)
+	}
+
+	// Another VMM's unaligned table can still be compared with its
+	// description: CompareQEMU needs only Check.
+	weird := &NFIT{Header: QEMUHeader(), Structures: []Structure{
+		&SPARange{Index: 2, Flags: qemuSPAFlags, RangeType: GUIDPersistent, Base: 1, Length: 3, Attributes: qemuSPAAttribute},
+		&MemDevMap{Handle: 1, SPAIndex: 2, DCRIndex: 3, RegionSize: 3, InterleaveWays: 1},
+		&ControlRegion{Index: 3, VendorID: qemuVendorID, DeviceID: qemuDeviceID, RevisionID: qemuRevisionID, Serial: qemuSerial(0), FormatCode: qemuFIC},
+	}}
+	b, err := weird.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := ParseNFIT(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := TopologyFromNFIT(n)
+	if err != nil {
+		t.Fatalf("TopologyFromNFIT on an unaligned table: %v", err)
+	}
+	if diffs, err := CompareQEMU(n, top); err != nil || len(diffs) != 0 {
+		t.Errorf("CompareQEMU on an unaligned table: %v %v", diffs, err)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+
+	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
 // QEMUDIMM is one NVDIMM as QEMU's query-memory-devices reports it. Size
@@ -102,6 +104,54 @@ func (t QEMUTopology) Check() error {
 	return nil
 }
 
+// Limits QEMU puts on where and how big an NVDIMM can be, and the
+// alignment Linux's tools want.
+const (
+	// qemuMaxRAMSlots is ACPI_MAX_RAM_SLOTS: machines refuse more
+	// memory slots, so slot numbers run 0..255.
+	qemuMaxRAMSlots = 256
+	// qemuMinAlign is the smallest backend alignment (a 4 KiB page):
+	// QEMU's NFIT sizes are align_down(S-L, A) and the DIMM sits at an
+	// A-aligned address, so neither can be a finer multiple.
+	qemuMinAlign = 4 * memfile.KiB
+	// linuxNamespaceAlign: Linux allocates namespaces in 16 MiB units
+	// and ndctl refuses a region or device address that is not 16 MiB
+	// aligned ("misaligned to 16M").
+	linuxNamespaceAlign = 16 * memfile.MiB
+)
+
+// CheckQEMU is Check plus the rules of QEMU's memory-device code: a slot
+// number below 256 (ACPI_MAX_RAM_SLOTS) and an address and size that are
+// multiples of the backend alignment, at least a 4 KiB page. A topology
+// failing it is one QEMU can never present, and the error names the DIMM
+// and the field. The warnings are for topologies QEMU can present but
+// that Linux uses badly: an address or size that is not a multiple of
+// 16 MiB (ndctl refuses such a region, namespaces lose the remainder).
+func (t QEMUTopology) CheckQEMU() (warnings []string, err error) {
+	if err := t.Check(); err != nil {
+		return nil, err
+	}
+	for i, d := range t.DIMMs {
+		where := fmt.Sprintf("acpi: topology: dimms[%d] (slot %d)", i, d.Slot)
+		if d.Slot >= qemuMaxRAMSlots {
+			return nil, fmt.Errorf("%s: slot: %d is beyond QEMU's %d memory slots (0..%d)", where, d.Slot, qemuMaxRAMSlots, qemuMaxRAMSlots-1)
+		}
+		if d.Addr%qemuMinAlign != 0 {
+			return nil, fmt.Errorf("%s: addr: %#x is not a multiple of 4 KiB (QEMU places a DIMM at a multiple of its backend's alignment, at least one page)", where, d.Addr)
+		}
+		if d.Size%qemuMinAlign != 0 {
+			return nil, fmt.Errorf("%s: size: %d is not a multiple of 4 KiB (QEMU's NFIT size is the backing minus the label area rounded down to the backend's alignment, at least one page)", where, d.Size)
+		}
+		if d.Addr%linuxNamespaceAlign != 0 {
+			warnings = append(warnings, fmt.Sprintf("dimms[%d] (slot %d): addr %#x is not a multiple of 16 MiB: ndctl refuses the region (\"misaligned to 16M\")", i, d.Slot, d.Addr))
+		}
+		if d.Size%linuxNamespaceAlign != 0 {
+			warnings = append(warnings, fmt.Sprintf("dimms[%d] (slot %d): size %s is not a multiple of 16 MiB: Linux namespaces cover only %s of it", i, d.Slot, memfile.FormatSize(d.Size), memfile.FormatSize(d.Size/linuxNamespaceAlign*linuxNamespaceAlign)))
+		}
+	}
+	return warnings, nil
+}
+
 // QEMUHeader is the header QEMU gives its NFIT (before Length/Checksum).
 func QEMUHeader() Header {
 	var h Header
@@ -119,11 +169,19 @@ func QEMUHeader() Header {
 // DIMM in the given order an SPA range, a memory-device map and an
 // 80-byte control region (then a flush hint structure if the DIMM has
 // FlushHints), and at the end a platform-capabilities structure when
-// Persistence is set. Callers may add structures before encoding.
+// Persistence is set. Callers may add structures before encoding. It
+// refuses a topology CheckQEMU rejects; its warnings are the caller's to
+// show.
 func QEMUNFIT(t QEMUTopology) (*NFIT, error) {
-	if err := t.Check(); err != nil {
+	if _, err := t.CheckQEMU(); err != nil {
 		return nil, err
 	}
+	return qemuNFIT(t), nil
+}
+
+// qemuNFIT builds the table for a topology that passed Check (not
+// necessarily CheckQEMU: CompareQEMU describes any table).
+func qemuNFIT(t QEMUTopology) *NFIT {
 	n := &NFIT{Header: QEMUHeader()}
 	for _, d := range t.DIMMs {
 		var flags uint16
@@ -167,11 +225,12 @@ func QEMUNFIT(t QEMUTopology) (*NFIT, error) {
 	case "mem-ctrl":
 		n.Structures = append(n.Structures, &PlatformCapabilities{HighestValid: 1, Capabilities: CapMemCtrlFlush})
 	}
-	return n, nil
+	return n
 }
 
 // BuildQEMU returns the bytes of the NFIT QEMU presents to a guest with
-// topology t, checksum included.
+// topology t, checksum included. Like QEMUNFIT it refuses a topology
+// QEMU could never have (CheckQEMU).
 func BuildQEMU(t QEMUTopology) ([]byte, error) {
 	n, err := QEMUNFIT(t)
 	if err != nil {
@@ -251,7 +310,8 @@ func (d Difference) String() string {
 }
 
 // CompareQEMU compares got with the table QEMU would build for want,
-// field by field. Because QEMU's DIMM order follows its object tree, the
+// field by field. want need only pass Check, not CheckQEMU, so tables
+// of other VMMs can be described too. Because QEMU's DIMM order follows its object tree, the
 // expected DIMMs are first put in the order got lists their slots (slots
 // got lacks keep their place at the end); a different order is therefore
 // not reported, a different set of slots is.
@@ -278,10 +338,7 @@ func CompareQEMU(got *NFIT, want QEMUTopology) ([]Difference, error) {
 			ordered.DIMMs = append(ordered.DIMMs, d)
 		}
 	}
-	exp, err := QEMUNFIT(ordered)
-	if err != nil {
-		return nil, err
-	}
+	exp := qemuNFIT(ordered)
 	b, err := exp.MarshalBinary()
 	if err != nil {
 		return nil, err

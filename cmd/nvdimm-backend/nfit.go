@@ -93,6 +93,9 @@ type nfitBuildResult struct {
 	Length   int               `json:"length"`
 	Checksum uint8             `json:"checksum"`
 	Cookies  []acpi.DumpCookie `json:"cookies"`
+	// Warnings: the topology is one QEMU can present but Linux uses
+	// badly (e.g. not 16 MiB aligned); always present, maybe empty.
+	Warnings []string `json:"warnings"`
 }
 
 func nfitBuildCmd() *cobra.Command {
@@ -104,12 +107,25 @@ func nfitBuildCmd() *cobra.Command {
 			`  {"persistence":""|"cpu"|"mem-ctrl","dimms":[{"slot":0,"addr":4294967296,"size":268435456,"node":0,"unarmed":false}]}` + "\n" +
 			"DIMMs appear in the order given (QEMU's order follows its object tree, not the slot).\n" +
 			"A DIMM may carry \"flush_hints\":[addr,...] to add a flush hint structure (QEMU emits none).\n" +
+			"Refuses what QEMU can never present (slot above 255, addr or size not a multiple\n" +
+			"of 4 KiB, slots used twice, overlapping ranges) naming the DIMM and field, and\n" +
+			"warns on standard error when addr or size is not a multiple of 16 MiB (ndctl).\n" +
 			"Writes the table to OUT, or to standard output when that is not a terminal.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, err := readTopology(topo)
 			if err != nil {
 				return err
+			}
+			warnings, err := t.CheckQEMU()
+			if err != nil {
+				return fmt.Errorf("%s: %w", topo, err)
+			}
+			if warnings == nil {
+				warnings = []string{}
+			}
+			for _, w := range warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s: %s\n", topo, w)
 			}
 			b, err := acpi.BuildQEMU(t)
 			if err != nil {
@@ -119,7 +135,7 @@ func nfitBuildCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("re-reading the built table: %w", err)
 			}
-			res := nfitBuildResult{Output: out, Length: len(b), Checksum: n.Header.Checksum, Cookies: acpi.MakeDump(n).Cookies}
+			res := nfitBuildResult{Output: out, Length: len(b), Checksum: n.Header.Checksum, Cookies: acpi.MakeDump(n).Cookies, Warnings: warnings}
 			if out == "" || out == "-" {
 				if opts.json {
 					return errors.New("--json needs -o OUT: the table itself goes to standard output otherwise")

@@ -111,3 +111,53 @@ func TestCLINFITBuildDumpVerify(t *testing.T) {
 		t.Errorf("dump of a short table: %v", err)
 	}
 }
+
+// TestCLINFITBuildRefusesNonQEMUTopology: build refuses a topology QEMU
+// can never present (naming the file, DIMM and field) and writes nothing;
+// one that is only badly aligned for Linux is built with warnings on
+// standard error and in the JSON.
+func TestCLINFITBuildRefusesNonQEMUTopology(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "nfit.bin")
+	for _, c := range []struct{ topo, want string }{
+		{`{"dimms":[{"slot":0,"addr":1,"size":3}]}`, "dimms[0] (slot 0): addr: 0x1 is not a multiple of 4 KiB"},
+		{`{"dimms":[{"slot":0,"addr":4294967296,"size":3}]}`, "dimms[0] (slot 0): size: 3 is not a multiple of 4 KiB"},
+		{`{"dimms":[{"slot":300,"addr":4294967296,"size":16777216}]}`, "dimms[0] (slot 300): slot: 300 is beyond"},
+		{`{"dimms":[{"slot":0,"addr":4294967296,"size":16777216},{"slot":0,"addr":8589934592,"size":16777216}]}`, "dimms[1]: slot 0 used twice"},
+		{`{"dimms":[{"slot":0,"addr":4294967296,"size":33554432},{"slot":1,"addr":4311744512,"size":16777216}]}`, "dimms[1] (slot 1) overlaps dimms[0] (slot 0)"},
+	} {
+		topo := filepath.Join(dir, "t.json")
+		if err := os.WriteFile(topo, []byte(c.topo), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := runNFITCLI(t, nil, "nfit", "build", "--qemu-topology", topo, "-o", out)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), topo) {
+			t.Errorf("build %s: err %v, want one naming %s and %q", c.topo, err, topo, c.want)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Fatalf("build %s wrote %s", c.topo, out)
+		}
+	}
+
+	topo := filepath.Join(dir, "odd.json")
+	if err := os.WriteFile(topo, []byte(`{"dimms":[{"slot":0,"addr":4294971392,"size":20971520}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := newRootCmd()
+	var stdout, stderr bytes.Buffer
+	root.SetOut(&stdout)
+	root.SetErr(&stderr)
+	root.SetArgs([]string{"nfit", "build", "--qemu-topology", topo, "-o", out, "--json"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("build of a page-aligned topology: %v", err)
+	}
+	var res struct {
+		Warnings []string `json:"warnings"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil || len(res.Warnings) != 2 || !strings.Contains(res.Warnings[0], "16 MiB") {
+		t.Errorf("build --json warnings: %v %s", err, stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "warning: "+topo+": dimms[0] (slot 0): addr 0x100001000 is not a multiple of 16 MiB") {
+		t.Errorf("stderr: %q", stderr.String())
+	}
+}
