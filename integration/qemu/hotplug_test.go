@@ -46,7 +46,7 @@ func startDaemon(t *testing.T, dir string) string {
 			t.Logf("daemon log:\n%s", tail(string(b), 40))
 		}
 	})
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	for deadline := time.Now().Add(60 * time.Second); ; {
 		if _, err := os.Stat(sock); err == nil {
 			return sock
 		}
@@ -57,7 +57,7 @@ func startDaemon(t *testing.T, dir string) string {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("daemon control socket did not appear within 20 s")
+			t.Fatal("daemon control socket did not appear within 60 s")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -92,7 +92,7 @@ func startBareQEMU(t *testing.T, qmpSock string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); out.Close() }) //nolint:errcheck
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := waitFile(ctx, qmpSock); err != nil {
 		t.Fatal(err)
