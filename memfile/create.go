@@ -80,10 +80,6 @@ func CreateWithReport(path string, o CreateOptions) (b *Backing, rep CreateRepor
 	if err != nil {
 		return nil, rep, fmt.Errorf("create %s: %w", path, err)
 	}
-	if o.Size < o.LabelSize {
-		return nil, rep, fmt.Errorf("create %s: size %s is below the label-size %s: --size is what the guest sees, not counting the label area; use a size of at least %s",
-			path, FormatSize(o.Size), FormatSize(o.LabelSize), FormatSize(max(o.LabelSize, align)))
-	}
 	if path == "" {
 		return nil, rep, errors.New("create: empty path")
 	}
@@ -154,6 +150,9 @@ func CreateWithReport(path string, o CreateOptions) (b *Backing, rep CreateRepor
 		}
 	}()
 	if err = f.Truncate(int64(layout.BackingSize)); err != nil {
+		if errors.Is(err, unix.EFBIG) {
+			return nil, rep, fmt.Errorf("create %s: %w", path, tooLargeError(f, dir, layout, err))
+		}
 		return nil, rep, fmt.Errorf("create %s: set size %d: %w", path, layout.BackingSize, err)
 	}
 	if o.Prealloc {
@@ -201,6 +200,72 @@ func CreateWithReport(path string, o CreateOptions) (b *Backing, rep CreateRepor
 		return nil, rep, err
 	}
 	return b, rep, nil
+}
+
+// tooLargeError explains an EFBIG from sizing the new, empty file f to
+// the backing of l: it finds the largest size the filesystem (or the
+// process's file-size limit) accepts, names both numbers and the largest
+// --size that would fit.
+func tooLargeError(f *os.File, dir string, l Layout, cause error) error {
+	size := l.BackingSize
+	limit, ok := maxFileSize(func(n int64) error { return f.Truncate(n) }, size)
+	_ = f.Truncate(0)
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if !ok {
+		return fmt.Errorf("backing size %s (%d bytes) is larger than the filesystem at %s accepts: %w",
+			FormatSize(size), size, dir, cause)
+	}
+	whose := "the filesystem at " + dir
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_FSIZE, &rl) == nil && rl.Cur != unix.RLIM_INFINITY && rl.Cur <= limit {
+		whose = "this process's file-size limit (ulimit -f)"
+	}
+	fix := "use another filesystem"
+	if limit > l.LabelSize {
+		if p := (limit - l.LabelSize) &^ (l.Align - 1); p != 0 && p >= l.LabelSize {
+			fix = fmt.Sprintf("use --size %s or less, or another filesystem", qemuSize(p))
+		}
+	}
+	return fmt.Errorf("backing size %s (%d bytes) is larger than %s accepts: its largest file is %d bytes (%s); %s: %w",
+		FormatSize(size), size, whose, limit, approxSize(limit), fix, cause)
+}
+
+// approxSize renders a limit that is not a whole unit as the next whole
+// multiple of its largest unit minus the rest ("16 TiB - 4 KiB").
+func approxSize(n uint64) string {
+	for _, u := range []uint64{TiB, GiB, MiB, KiB} {
+		if n > u && n%u != 0 {
+			up := (n/u + 1) * u
+			return FormatSize(up) + " - " + FormatSize(up-n)
+		}
+		if n >= u {
+			break
+		}
+	}
+	return FormatSize(n)
+}
+
+// maxFileSize finds the largest n below size for which trunc(n) succeeds
+// with a binary search (about 63 truncates of an empty file, which
+// allocate nothing). It assumes trunc fails with EFBIG exactly above the
+// limit; ok is false if some other error or no accepted size turns up.
+func maxFileSize(trunc func(int64) error, size uint64) (limit uint64, ok bool) {
+	lo, hi := uint64(0), min(size, MaxBackingSize) // lo accepted, hi refused
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		err := trunc(int64(mid))
+		switch {
+		case err == nil:
+			lo = mid
+		case errors.Is(err, unix.EFBIG) || errors.Is(err, unix.EINVAL):
+			hi = mid
+		default:
+			return 0, false
+		}
+	}
+	return lo, lo != 0
 }
 
 // preallocChunk is how much is allocated between progress reports.

@@ -129,6 +129,11 @@ func TestCreateBadInputLeavesNothing(t *testing.T) {
 		{"label 64K", filepath.Join(dir, "a.img"), CreateOptions{Size: GiB, LabelSize: 64 * KiB}, "label-size 64 KiB is below QEMU's minimum of 128 KiB"},
 		{"align 3M", filepath.Join(dir, "a.img"), CreateOptions{Size: 6 * MiB, Align: 3 * MiB}, "not a power of two"},
 		{"non-DAX character device", "/dev/null", CreateOptions{Size: GiB}, "already exists as a device"},
+		// Below the label with the default 2 MiB align: the size rule is
+		// reported, not the alignment the 64 KiB also breaks.
+		{"below the label, default align", filepath.Join(dir, "a.img"), CreateOptions{Size: 64 * KiB, LabelSize: 128 * KiB}, "size 64 KiB is below the label-size 128 KiB: --size is what the guest sees, not counting the label area; use a size of at least 2 MiB"},
+		{"beyond a file", filepath.Join(dir, "a.img"), CreateOptions{Size: 17179869183 * GiB}, "size 17179869183 GiB is beyond 8 EiB (2^63-1 bytes), the largest file Linux supports"},
+		{"beyond a file with labels", filepath.Join(dir, "a.img"), CreateOptions{Size: 17179869183 * GiB, LabelSize: 128 * KiB}, "size 17179869183 GiB plus label-size 128 KiB is beyond 8 EiB"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -341,5 +346,68 @@ func BenchmarkCreateSparse64G(b *testing.B) {
 		os.Remove(p)
 		os.Remove(MetaPath(p))
 		b.StartTimer()
+	}
+}
+
+// TestCreateBeyondFilesystemLimit: a size the filesystem cannot hold
+// (ext4 with 4 KiB blocks: 16 TiB - 4 KiB) is refused with the size, the
+// filesystem's limit and the largest --size that fits, and leaves nothing.
+func TestCreateBeyondFilesystemLimit(t *testing.T) {
+	dir := t.TempDir()
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type != unix.EXT4_SUPER_MAGIC || st.Bsize != 4096 {
+		t.Skipf("temp dir is not ext4 with 4 KiB blocks (type %#x, bsize %d); TestMaxFileSize covers the search", st.Type, st.Bsize)
+	}
+	before := listDir(t, dir)
+	_, err := Create(filepath.Join(dir, "huge.img"), CreateOptions{Size: 8191 * TiB, LabelSize: 128 * KiB})
+	want := []string{
+		"backing size 8795019280512 KiB (9006099743244288 bytes) ",
+		"is larger than the filesystem at " + dir + " accepts: its largest file is 17592186040320 bytes (16 TiB - 4 KiB); use --size 16777214M or less",
+	}
+	if err == nil || !errors.Is(err, unix.EFBIG) {
+		t.Fatalf("err = %v, want EFBIG explained", err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("err = %v\nwant it to contain %q", err, w)
+		}
+	}
+	if after := listDir(t, dir); strings.Join(after, " ") != strings.Join(before, " ") {
+		t.Fatalf("left behind: %v", after)
+	}
+}
+
+// TestMaxFileSize: the binary search finds an exact limit, whatever it is.
+func TestMaxFileSize(t *testing.T) {
+	for _, limit := range []uint64{1, 4095, 16*TiB - 4*KiB, 8*1024*TiB - 1, MaxBackingSize - 1} {
+		calls := 0
+		got, ok := maxFileSize(func(n int64) error {
+			calls++
+			if n < 0 {
+				t.Fatalf("truncate to %d", n)
+			}
+			if uint64(n) > limit {
+				return unix.EFBIG
+			}
+			return nil
+		}, MaxBackingSize)
+		if !ok || got != limit {
+			t.Errorf("limit %d: got %d, %v", limit, got, ok)
+		}
+		if calls > 64 {
+			t.Errorf("limit %d: %d truncates", limit, calls)
+		}
+	}
+	if _, ok := maxFileSize(func(int64) error { return unix.EIO }, GiB); ok {
+		t.Error("an I/O error gave a limit")
+	}
+	if got := approxSize(16*TiB - 4*KiB); got != "16 TiB - 4 KiB" {
+		t.Errorf("approxSize = %q", got)
+	}
+	if got := approxSize(2 * GiB); got != "2 GiB" {
+		t.Errorf("approxSize = %q", got)
 	}
 }

@@ -3,6 +3,7 @@ package memfile
 import (
 	"fmt"
 	"math/bits"
+	"strings"
 )
 
 // Sizes and alignments that QEMU and the Linux guest enforce.
@@ -60,10 +61,22 @@ func checkLabelAlign(labelSize, align uint64) error {
 	return nil
 }
 
+// MaxBackingSize is the largest backing Linux can hold in a file
+// (MAX_LFS_FILESIZE on 64-bit hosts, 2^63-1 bytes, rounded down to the
+// page size). A filesystem may allow less; Create reports its limit.
+const MaxBackingSize = (1<<63 - 1) &^ (PageSize - 1)
+
+// maxBackingText names MaxBackingSize in messages.
+const maxBackingText = "8 EiB (2^63-1 bytes), the largest file Linux supports"
+
 // ComputeLayout returns the backing for a guest-visible size guestSize
 // (QEMU's P) with a label area of labelSize bytes (0 or at least 128 KiB)
 // and backend alignment align: BackingSize S is the smallest page-multiple
 // with align_down(S - L, A) == P, and the label area starts at S - L.
+//
+// The checks run in this order, so the first refusal is the one to fix
+// first: label size and align, size 0, a size beyond what a file can
+// hold, a size below the label size, then the alignment of the size.
 func ComputeLayout(guestSize, labelSize, align uint64) (Layout, error) {
 	if err := checkLabelAlign(labelSize, align); err != nil {
 		return Layout{}, err
@@ -71,21 +84,37 @@ func ComputeLayout(guestSize, labelSize, align uint64) (Layout, error) {
 	if guestSize == 0 {
 		return Layout{}, fmt.Errorf("size 0: the guest-visible size must be at least the align %s", FormatSize(align))
 	}
+	if labelSize > MaxBackingSize || guestSize > MaxBackingSize-labelSize {
+		what := "size " + FormatSize(guestSize)
+		if labelSize != 0 {
+			what += " plus label-size " + FormatSize(labelSize)
+		}
+		return Layout{}, fmt.Errorf("%s is beyond %s", what, maxBackingText)
+	}
+	if guestSize < labelSize {
+		return Layout{}, fmt.Errorf("size %s is below the label-size %s: --size is what the guest sees, not counting the label area; use a size of at least %s",
+			FormatSize(guestSize), FormatSize(labelSize), FormatSize(alignUp(labelSize, align)))
+	}
 	if guestSize%align != 0 {
 		down := guestSize &^ (align - 1)
 		up := down + align
-		fix := fmt.Sprintf("use --size %s", qemuSize(up))
-		if down != 0 {
-			fix = fmt.Sprintf("use --size %s or %s", qemuSize(down), qemuSize(up))
+		var fixes []string
+		if down != 0 && down >= labelSize {
+			fixes = append(fixes, qemuSize(down))
+		}
+		// up cannot wrap (guestSize < 2^63), but it may not fit in a file.
+		if up <= MaxBackingSize-labelSize {
+			fixes = append(fixes, qemuSize(up))
+		}
+		fix := "no size near it fits: use a smaller --size"
+		if len(fixes) > 0 {
+			fix = "use --size " + strings.Join(fixes, " or ")
 		}
 		return Layout{}, fmt.Errorf("size %s is not a multiple of the align %s: QEMU would give the guest only %s; %s",
 			FormatSize(guestSize), FormatSize(align), FormatSize(down), fix)
 	}
-	s := guestSize + labelSize
-	if s < guestSize || s+PageSize-1 < s {
-		return Layout{}, fmt.Errorf("size %s plus label-size %s overflows", FormatSize(guestSize), FormatSize(labelSize))
-	}
-	s = (s + PageSize - 1) &^ (PageSize - 1)
+	// At most MaxBackingSize, a page multiple, so rounding up stays below it.
+	s := alignUp(guestSize+labelSize, PageSize)
 	return LayoutFromBacking(s, labelSize, align)
 }
 

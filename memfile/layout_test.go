@@ -60,13 +60,35 @@ func TestComputeLayoutRefusals(t *testing.T) {
 		{"align not power of two", GiB, 0, 3 * MiB, "not a power of two"},
 		{"align below page", GiB, 0, 512, "below the page size"},
 		{"align 0", GiB, 0, 0, "align 0"},
-		{"overflow", ^uint64(0) &^ (4*KiB - 1), 128 * KiB, 4 * KiB, "overflows"},
+		{"overflow", ^uint64(0) &^ (4*KiB - 1), 128 * KiB, 4 * KiB, "plus label-size 128 KiB is beyond 8 EiB (2^63-1 bytes), the largest file Linux supports"},
+		{"beyond a file", 1 << 63, 0, 2 * MiB, "size 8388608 TiB is beyond 8 EiB"},
+		{"label beyond a file", GiB, 1 << 63, 2 * MiB, "is beyond 8 EiB"},
+		// Once the size fits in a file the advice is a size that does too:
+		// no "or 0" from a wrapped round-up.
+		{"unaligned near the limit", MaxBackingSize - MiB, 0, 2 * MiB, "QEMU would give the guest only 8796093022206 MiB; use --size 8796093022206M"},
+		{"unaligned near the limit with labels", MaxBackingSize - 128*KiB - 4*KiB, 128 * KiB, 2 * MiB, "; use --size 8796093022206M"},
+		// The size rule comes before the alignment rule.
+		{"below the label", 64 * KiB, 128 * KiB, 2 * MiB, "size 64 KiB is below the label-size 128 KiB: --size is what the guest sees, not counting the label area; use a size of at least 2 MiB"},
+		{"below the label, 1G align", 64 * KiB, 128 * KiB, GiB, "use a size of at least 1 GiB"},
+		{"round-down below the label", 3 * MiB, 2*MiB + 512*KiB, 2 * MiB, "use --size 4M"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ComputeLayout(c.p, c.l, c.a)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want it to contain %q", err, c.want)
+			}
+			// Every suggested size must itself be accepted.
+			if _, fix, ok := strings.Cut(err.Error(), "use --size "); ok {
+				for _, s := range strings.Split(fix, " or ") {
+					v, perr := ParseSize(s)
+					if perr != nil {
+						t.Fatalf("suggestion %q: %v", s, perr)
+					}
+					if _, err := ComputeLayout(v, c.l, c.a); err != nil {
+						t.Errorf("suggested --size %s is refused: %v", s, err)
+					}
+				}
 			}
 		})
 	}
