@@ -73,13 +73,14 @@ func (b *Backing) Lock(kind LockKind, wait bool) error {
 			continue
 		}
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
-			return fmt.Errorf("lock %s (%s): %w: %s", b.path, kind, ErrLocked, b.holder(typ))
+			return fmt.Errorf("lock %s (%s): %w: %s; stop it first", b.path, kind, ErrLocked, b.holder(typ))
 		}
 		return fmt.Errorf("lock %s (%s): %w", b.path, kind, err)
 	}
 }
 
-// holder describes the conflicting lock for an error message.
+// holder describes the conflicting lock for an error message; Lock adds
+// the advice once ("; stop it first"), callers may extend it.
 func (b *Backing) holder(typ int16) string {
 	fl := unix.Flock_t{Type: typ, Whence: 0, Start: 0, Len: 0}
 	if err := unix.FcntlFlock(b.f.Fd(), unix.F_OFD_GETLK, &fl); err != nil || fl.Type == unix.F_UNLCK {
@@ -89,7 +90,7 @@ func (b *Backing) holder(typ int16) string {
 	if fl.Type == unix.F_WRLCK {
 		what = "a writer (exclusive lock)"
 	}
-	return what + " holds it, probably a running VM; stop it first"
+	return what + " holds it, probably a running VM"
 }
 
 // Unlock releases the lock taken by Lock.

@@ -85,7 +85,8 @@ func TestLockBetweenProcesses(t *testing.T) {
 
 	// Another process uses it writable: we can neither write nor read.
 	stop := startHolder(t, p, "exclusive")
-	if err := b.Lock(LockExclusive, false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "a writer (exclusive lock) holds it") {
+	if err := b.Lock(LockExclusive, false); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "a writer (exclusive lock) holds it, probably a running VM; stop it first") ||
+		strings.Count(err.Error(), "stop it") != 1 || strings.Count(err.Error(), "running VM") != 1 {
 		t.Fatalf("exclusive vs exclusive: %v", err)
 	}
 	if err := b.Lock(LockShared, false); !errors.Is(err, ErrLocked) {

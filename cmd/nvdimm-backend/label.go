@@ -103,7 +103,8 @@ func lockForEdit(b *memfile.Backing, force bool) error {
 	}
 	b.Close()
 	if errors.Is(err, memfile.ErrLocked) {
-		return fmt.Errorf("%w (a running VM uses it; stop it first, or pass --force)", err)
+		// memfile's message already says who holds it and to stop it.
+		return fmt.Errorf("%w, or pass --force to edit anyway", err)
 	}
 	return err
 }

@@ -612,8 +612,12 @@ func TestLabelLockedBacking(t *testing.T) {
 	}
 	for _, args := range edits {
 		_, err := runMemfileCLI(t, args...)
-		if !errors.Is(err, memfile.ErrLocked) || !strings.Contains(err.Error(), "--force") {
+		if !errors.Is(err, memfile.ErrLocked) || !strings.Contains(err.Error(), "probably a running VM; stop it first, or pass --force to edit anyway") {
 			t.Errorf("%v on a locked backing: %v", args[:2], err)
+		}
+		// The advice is given once, not by both memfile and the verb.
+		if err != nil && (strings.Count(err.Error(), "stop it") != 1 || strings.Count(err.Error(), "running VM") != 1) {
+			t.Errorf("%v on a locked backing repeats its advice: %v", args[:2], err)
 		}
 	}
 	if fingerprint(t, p) != before {
