@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,8 +24,13 @@ import (
 
 // APIError is the JSON body of every failed control-API request.
 type APIError struct {
-	// Code is a stable machine-readable category: invalid, not_found,
-	// exists, conflict, locked, qemu_refused, forbidden, internal.
+	// Code is a stable machine-readable category. 400: invalid (a
+	// malformed or impossible request), bad_layout (a size or label size
+	// memfile's layout refuses); 403: confinement (backing path outside
+	// the backing directories), forbidden (peer not allowed); 404:
+	// not_found; 405: method_not_allowed (the Allow header lists the
+	// route's methods); 409: exists, conflict, locked, qemu_refused;
+	// 500: internal (I/O and other server-side failures).
 	Code string `json:"code"`
 	// Error is the human-readable explanation.
 	Error string `json:"error"`
@@ -133,9 +139,27 @@ func (d *Daemon) Handler() http.Handler {
 		return writeJSON(w, http.StatusOK, dv)
 	})
 	route("/", func(w http.ResponseWriter, r *http.Request) int {
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			return writeJSON(w, http.StatusMethodNotAllowed, APIError{Code: "method_not_allowed",
+				Error: fmt.Sprintf("%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", "))})
+		}
 		return writeJSON(w, http.StatusNotFound, APIError{Code: "not_found", Error: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
 	})
 	return peerCheck(mux)
+}
+
+// allowedMethods lists, sorted, the methods for which mux has a route
+// (other than the catch-all) matching r's path; empty when none does.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodDelete, http.MethodGet, http.MethodHead, http.MethodPatch, http.MethodPost, http.MethodPut} {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
+		if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // peerCheck refuses requests whose peer (SO_PEERCRED) is neither root nor
@@ -271,15 +295,20 @@ func writeErr(w http.ResponseWriter, err error) int {
 	case errors.As(err, &qe):
 		code, e.Code, e.QEMUClass = http.StatusConflict, "qemu_refused", qe.Class
 	case errors.As(err, &ce):
+		// The refusal says what was refused and why; the generic
+		// "invalid request" category it is wrapped in adds nothing.
 		code, e.Code = http.StatusForbidden, "confinement"
+		e.Error = strings.TrimPrefix(e.Error, ErrInvalid.Error()+": ")
 	case errors.Is(err, ErrNotFound), errors.Is(err, memfile.ErrImageNotFound):
 		code, e.Code = http.StatusNotFound, "not_found"
-	case errors.Is(err, ErrExists):
+	case errors.Is(err, ErrExists), errors.Is(err, memfile.ErrImageExists):
 		code, e.Code = http.StatusConflict, "exists"
-	case errors.Is(err, ErrBackingLocked):
+	case errors.Is(err, ErrBackingLocked), errors.Is(err, memfile.ErrLocked):
 		code, e.Code = http.StatusConflict, "locked"
 	case errors.Is(err, ErrConflict):
 		code, e.Code = http.StatusConflict, "conflict"
+	case errors.Is(err, ErrBadLayout):
+		code, e.Code = http.StatusBadRequest, "bad_layout"
 	case errors.Is(err, ErrInvalid):
 		code, e.Code = http.StatusBadRequest, "invalid"
 	default:

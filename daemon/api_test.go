@@ -2,7 +2,12 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -94,7 +99,7 @@ func TestAPIMalformedRequests(t *testing.T) {
 		{"POST", "/v1/devices/nope/attach", `{"qmp":"/x","as":"nvdimm"}`, 404, "no such device"},
 		{"DELETE", "/v1/devices/nope?purge=maybe", ``, 400, "purge"},
 		{"GET", "/v2/whatever", ``, 404, "no route"},
-		{"PUT", "/v1/devices", ``, 404, "no route PUT"},
+		{"PUT", "/v1/devices", ``, 405, "method not allowed (allowed: GET, HEAD, POST)"},
 	}
 	for _, tc := range cases {
 		r := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
@@ -147,5 +152,79 @@ func TestClientNoDaemon(t *testing.T) {
 	_, err := c.List(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "is the daemon running") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestAPIErrorStatuses: user mistakes come back as 4xx with a stable code,
+// not as internal errors: a new backing without a size or with a size
+// memfile's layout refuses is 400, a name or backing already in use 409,
+// a method a route does not serve 405 with an Allow header; a
+// confinement refusal names the path, not "invalid request".
+func TestAPIErrorStatuses(t *testing.T) {
+	stateDir := t.TempDir()
+	backDir := filepath.Join(stateDir, "backings")
+	d, err := New(Config{StateDir: stateDir, Backings: MemfileBackings{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close(context.Background()) })
+	h := d.Handler()
+	self := &unix.Ucred{Uid: uint32(os.Getuid()), Pid: 1}
+	do := func(method, path, body string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, path, strings.NewReader(body))
+		r = r.WithContext(context.WithValue(r.Context(), peerKey{}, self))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	create := func(name, backing string, size uint64) string {
+		return fmt.Sprintf(`{"name":%q,"backing":%q,"size":%d}`, name, filepath.Join(backDir, backing), size)
+	}
+	if w := do("POST", "/v1/devices", create("d1", "d1.img", 16<<20)); w.Code != http.StatusCreated {
+		t.Fatalf("create d1: %d %s", w.Code, w.Body)
+	}
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		code, want, notWant      string
+	}{
+		{"no size", "POST", "/v1/devices", fmt.Sprintf(`{"name":"d2","backing":%q}`, filepath.Join(backDir, "d2.img")), 400, "invalid", "does not exist and no size was given", ""},
+		{"3 MiB", "POST", "/v1/devices", create("d2", "d2.img", 3<<20), 400, "bad_layout", "not a multiple of", ""},
+		{"2^64-1", "POST", "/v1/devices", create("d2", "d2.img", math.MaxUint64), 400, "bad_layout", "beyond", ""},
+		{"name exists", "POST", "/v1/devices", create("d1", "other.img", 16<<20), 409, "exists", "already exists", ""},
+		{"backing registered", "POST", "/v1/devices", create("d3", "other1.img", 16<<20), 409, "conflict", "already registered", ""},
+		{"size mismatch", "POST", "/v1/devices", fmt.Sprintf(`{"name":"d4","backing":%q,"size":%d}`, filepath.Join(backDir, "d1.img"), 32<<20), 409, "", "not the requested", ""},
+		{"confinement", "POST", "/v1/devices", `{"name":"d5","backing":"/etc/d5.img","size":16777216}`, 403, "confinement", `"error": "backing path \"/etc/d5.img\"`, "invalid request"},
+		{"PUT on a device", "PUT", "/v1/devices/d1", "{}", 405, "method_not_allowed", "PUT /v1/devices/d1", ""},
+		{"GET on attach", "GET", "/v1/devices/d1/attach", "", 405, "method_not_allowed", "allowed: POST", ""},
+		{"unknown path", "GET", "/v2/x", "", 404, "not_found", "no route", ""},
+	}
+	// The size mismatch needs d1 unregistered (its backing is taken).
+	if w := do("DELETE", "/v1/devices/d1", ""); w.Code != http.StatusNoContent {
+		t.Fatalf("delete d1: %d %s", w.Code, w.Body)
+	}
+	if w := do("POST", "/v1/devices", create("d1", "other1.img", 16<<20)); w.Code != http.StatusCreated {
+		t.Fatalf("create d1 again: %d %s", w.Code, w.Body)
+	}
+	for _, c := range cases {
+		w := do(c.method, c.path, c.body)
+		var e APIError
+		_ = json.Unmarshal(w.Body.Bytes(), &e)
+		if w.Code != c.status || (c.code != "" && e.Code != c.code) || !strings.Contains(w.Body.String(), c.want) || (c.notWant != "" && strings.Contains(w.Body.String(), c.notWant)) {
+			t.Errorf("%s: %s %s: %d %s; want %d code %q containing %q", c.name, c.method, c.path, w.Code, w.Body, c.status, c.code, c.want)
+		}
+		if e.Code == "internal" {
+			t.Errorf("%s: a user error reported as internal: %s", c.name, w.Body)
+		}
+	}
+	if w := do("PUT", "/v1/devices/d1", "{}"); w.Header().Get("Allow") != "DELETE, GET, HEAD" {
+		t.Errorf("PUT /v1/devices/d1: Allow %q", w.Header().Get("Allow"))
+	}
+	if w := do("DELETE", "/v1/devices", ""); w.Code != 405 || w.Header().Get("Allow") != "GET, HEAD, POST" {
+		t.Errorf("DELETE /v1/devices: %d Allow %q", w.Code, w.Header().Get("Allow"))
+	}
+	// The client surfaces the status and code.
+	if _, err := os.Stat(filepath.Join(backDir, "d2.img")); err == nil {
+		t.Error("a refused create left a backing behind")
 	}
 }

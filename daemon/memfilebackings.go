@@ -12,6 +12,19 @@ import (
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
+// ErrBadLayout marks a size or label size that memfile's layout refuses
+// (not a multiple of the alignment, beyond the largest file, below the
+// label area); the control API answers it with 400 "bad_layout".
+var ErrBadLayout = errors.New("bad layout")
+
+// layoutError is a memfile layout refusal: its text unchanged, matching
+// ErrBadLayout.
+type layoutError struct{ err error }
+
+func (e layoutError) Error() string        { return e.err.Error() }
+func (e layoutError) Unwrap() error        { return e.err }
+func (e layoutError) Is(target error) bool { return target == ErrBadLayout }
+
 // MemfileBackings is the production Backings: backings are created and
 // opened with memfile/, and locked with memfile's OFD locks (shared for
 // read-only use, exclusive otherwise).
@@ -26,7 +39,12 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 	_, err := os.Stat(s.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		if s.Size == 0 {
-			return BackingInfo{}, fmt.Errorf("%s does not exist and no size was given to create it", s.Path)
+			return BackingInfo{}, fmt.Errorf("%w: %s does not exist and no size was given to create it", ErrInvalid, s.Path)
+		}
+		// memfile.Create computes the same layout; refusing it here
+		// tells a bad request from a failure to create the file.
+		if _, err := memfile.ComputeLayout(s.Size, s.LabelSize, memfile.DefaultAlign); err != nil {
+			return BackingInfo{}, layoutError{err}
 		}
 		if s.Namespace != "" && m.Provision == nil {
 			return BackingInfo{}, errors.New("namespace provisioning is not available in this build")
@@ -60,7 +78,7 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		return BackingInfo{}, err
 	}
 	if s.Namespace != "" {
-		return BackingInfo{}, fmt.Errorf("%s exists: a namespace is only provisioned in a backing created now", s.Path)
+		return BackingInfo{}, fmt.Errorf("%w: %s exists: a namespace is only provisioned in a backing created now", ErrConflict, s.Path)
 	}
 	b, err := memfile.Open(s.Path, memfile.OpenOptions{ReadOnly: s.ReadOnly, LabelSize: s.LabelSize})
 	if err != nil {
@@ -69,10 +87,10 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 	defer b.Close()
 	info := infoOf(b)
 	if s.Size != 0 && s.Size != info.Size {
-		return BackingInfo{}, fmt.Errorf("existing backing gives the guest %s, not the requested %s", memfile.FormatSize(info.Size), memfile.FormatSize(s.Size))
+		return BackingInfo{}, fmt.Errorf("%w: existing backing gives the guest %s, not the requested %s", ErrConflict, memfile.FormatSize(info.Size), memfile.FormatSize(s.Size))
 	}
 	if s.LabelSize != 0 && s.LabelSize != info.LabelSize {
-		return BackingInfo{}, fmt.Errorf("existing backing has a %s label area, not the requested %s", memfile.FormatSize(info.LabelSize), memfile.FormatSize(s.LabelSize))
+		return BackingInfo{}, fmt.Errorf("%w: existing backing has a %s label area, not the requested %s", ErrConflict, memfile.FormatSize(info.LabelSize), memfile.FormatSize(s.LabelSize))
 	}
 	if r := b.Meta().ReadOnlyReason(); r != "" && !s.ReadOnly {
 		if b.Meta().Image != "" {
