@@ -214,10 +214,13 @@ type RepairReport struct {
 
 // Repair fixes what Check marks repairable: live labels Linux would skip
 // (bad checksum, wrong slot field, misaligned, duplicate, beyond the
-// DIMM) are freed in one update; labels with another slot's cookie are
-// retargeted; an invalid staging index is rewritten as a copy of the
-// current one (with the preceding sequence number, so the current block
-// stays current). Each step uses the crash-safe update order.
+// DIMM) are freed and labels with another slot's cookie are retargeted,
+// all in one crash-safe update (new labels into free slots, then one
+// staging-index write), so a crash leaves the area as it was or fully
+// repaired. If nothing else needed writing, an invalid staging index is
+// rewritten as a copy of the current one (with the preceding sequence
+// number, so the current block stays current); an update rewrites it
+// anyway.
 func (e *Editor) Repair(o CheckOptions) (RepairReport, error) {
 	var r RepairReport
 	if !e.area.Labelled {
@@ -237,18 +240,18 @@ func (e *Editor) Repair(o CheckOptions) (RepairReport, error) {
 			cookieBad = true
 		}
 	}
-	if len(free) > 0 {
+	switch {
+	case cookieBad && o.Cookies != nil:
+		n, err := e.retargetAnd(*o.Cookies, free)
+		if err != nil {
+			return r, fmt.Errorf("repairing (freeing %d invalid label(s) and retargeting cookies in one update): %w", len(free), err)
+		}
+		r.Freed, r.Retarget = free, n
+	case len(free) > 0:
 		if _, err := e.commit(nil, free); err != nil {
 			return r, fmt.Errorf("freeing invalid labels: %w", err)
 		}
 		r.Freed = free
-	}
-	if cookieBad && o.Cookies != nil {
-		n, err := e.Retarget(*o.Cookies)
-		r.Retarget = n
-		if err != nil {
-			return r, fmt.Errorf("retargeting cookies: %w", err)
-		}
 	}
 	a := e.area
 	if a.Blocks[1-a.Current].Err != nil {

@@ -602,31 +602,63 @@ func (e *Editor) Rename(uuid UUID, name string) error {
 // labels do not carry the cookie of c for the area's version (after a
 // backing moved to another DIMM slot). It returns how many namespaces
 // changed.
+//
+// All namespaces switch in one update: every new label goes into a free
+// slot first, then one staging-index write frees the old labels and makes
+// the new ones live, so a crash leaves the whole area old or whole area
+// new, never some namespaces with each cookie. An area without a free
+// slot for every label to rewrite is refused and left as it is.
 func (e *Editor) Retarget(c Cookies) (int, error) {
-	if !e.area.Labelled {
+	return e.retargetAnd(c, nil)
+}
+
+// retargetAnd is Retarget that also frees the slots in free (which it
+// does not rewrite) in the same update. It returns how many namespaces
+// had labels rewritten.
+func (e *Editor) retargetAnd(c Cookies, free []uint32) (int, error) {
+	a := e.area
+	if !a.Labelled {
 		return 0, ErrUnlabelled
 	}
-	want := c.For(e.area.Version())
+	want := c.For(a.Version())
 	if want == 0 {
 		return 0, errors.New("retarget: cookie is 0")
 	}
+	skip := make(map[uint32]bool, len(free))
+	for _, k := range free {
+		skip[k] = true
+	}
+	var labels []Label
+	victims := append([]uint32(nil), free...)
 	n := 0
-	for _, ns := range e.area.Namespaces() {
+	for _, ns := range a.Namespaces() {
 		stale := false
 		for _, s := range ns.Labels {
-			stale = stale || s.Label.ISetCookie != want
+			stale = stale || (!skip[s.Slot] && s.Label.ISetCookie != want)
 		}
 		if !stale {
 			continue
 		}
-		cur, err := e.area.FindNamespace(ns.UUID, "")
-		if err != nil {
-			return n, err
-		}
-		if err := e.rewrite(cur, func(l *Label) { l.ISetCookie = want }); err != nil {
-			return n, err
+		for _, s := range ns.Labels {
+			if skip[s.Slot] {
+				continue
+			}
+			l := s.Label
+			l.ISetCookie = want
+			labels = append(labels, l)
+			victims = append(victims, s.Slot)
 		}
 		n++
+	}
+	if len(labels) == 0 && len(free) == 0 {
+		return 0, nil
+	}
+	if have := a.freeSlots(); have < len(labels) {
+		return 0, fmt.Errorf("%w: retargeting %d namespace(s) rewrites %d label(s) at once (so that a crash leaves all old or all new), which needs %d free label slots, and %d are free; destroy a namespace or re-create the area larger",
+			ErrFull, n, len(labels), len(labels), have)
+	}
+	if _, err := e.commit(labels, victims); err != nil {
+		return 0, err
 	}
 	return n, nil
 }
