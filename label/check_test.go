@@ -218,3 +218,87 @@ func TestUUIDGUID(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckCodes constructs each remaining condition Check reports and
+// asserts its code, severity, place and whether Repair may touch it.
+func TestCheckCodes(t *testing.T) {
+	o := CheckOptions{Cookies: &slot0Cookies, DIMMSize: 512 << 20}
+	var otherGUID GUID
+	copy(otherGUID[:], "not-a-known-guid")
+	for _, c := range []struct {
+		name, code, sev string
+		v               Version
+		corrupt         func(d *memDev) int64 // returns the slot, -1 for none
+		repairable      bool
+	}{
+		{"misaligned dpa", CodeLabelAlign, SevError, V12, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "a", func(l *Label) { l.DPA += 512 }))
+		}, true},
+		{"misaligned rawsize v1.1", CodeLabelAlign, SevError, V11, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "b", func(l *Label) { l.RawSize -= 1024 }))
+		}, true},
+		{"index nslot", CodeIndexNSlot, SevWarning, V11, func(d *memDev) int64 {
+			a, _ := ParseBytes(d.b)
+			x := a.CurrentIndex().clone()
+			x.NSlot--
+			x.Seal()
+			b, _ := x.MarshalBinary()
+			copy(d.b[a.Blocks[a.Current].Offset:], b)
+			return -1
+		}, false},
+		{"type guid", CodeTypeGUID, SevError, V12, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "a", func(l *Label) { l.TypeGUID = otherGUID }))
+		}, false},
+		{"abstraction guid", CodeAbstractionGUID, SevWarning, V12, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "b", func(l *Label) { l.AbstractionGUID = otherGUID }))
+		}, false},
+		{"interleave nlabel", CodeInterleave, SevWarning, V11, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "a", func(l *Label) { l.NLabel = 2 }))
+		}, false},
+		{"interleave position", CodeInterleave, SevWarning, V12, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "b", func(l *Label) { l.Position = 1 }))
+		}, false},
+		{"local", CodeLocal, SevWarning, V12, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "a", func(l *Label) { l.Flags |= FlagLocal }))
+		}, false},
+		{"updating", CodeUpdating, SevInfo, V11, func(d *memDev) int64 {
+			return int64(setLabel(t, d, "b", func(l *Label) { l.Flags |= FlagUpdating }))
+		}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := populated(t, c.v)
+			if a, _ := ParseBytes(d.b); !Clean(Check(a, o)) || len(Check(a, o)) != 0 {
+				t.Fatalf("populated area not spotless: %v", Check(a, o))
+			}
+			slot := c.corrupt(d)
+			a, _ := ParseBytes(d.b)
+			var found *Problem
+			for _, p := range Check(a, o) {
+				if p.Code == c.code {
+					found = &p
+				}
+			}
+			if found == nil {
+				t.Fatalf("check found %v, want %s", Check(a, o), c.code)
+			}
+			if found.Severity != c.sev || found.Slot != slot || found.Where == "" || found.Message == "" || found.Repairable != c.repairable {
+				t.Fatalf("problem %+v: want severity %s, slot %d, repairable %v, a place and a message", *found, c.sev, slot, c.repairable)
+			}
+			if c.sev == SevInfo && !Clean(Check(a, o)) {
+				t.Fatalf("an info note made the area unclean: %v", Check(a, o))
+			}
+			e, _ := NewEditor(d, int64(len(d.b)))
+			r, err := e.Repair(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			still := strings.Contains(codes(r.Remaining), c.code)
+			if c.repairable && still {
+				t.Errorf("repair left %s: %v", c.code, r.Remaining)
+			}
+			if !c.repairable && c.sev != SevInfo && !still {
+				t.Errorf("repair removed unrepairable %s: %v", c.code, r.Remaining)
+			}
+		})
+	}
+}
