@@ -64,7 +64,8 @@ func vhostUserServeCmd() *cobra.Command {
 		Long: `Serve one backing as a virtio-pmem device (virtio id 27) on a vhost-user
 Unix socket (created mode 0600). The backing is mapped into the guest as
 shared-memory region 0 (VIRTIO_PMEM_F_SHMEM_REGION), so its guest size must
-be a power of two; guest flushes sync the backing. QEMU 11.1.2 or later
+be a power of two, and it must have no label area (as for qemu-args
+--virtio-pmem); guest flushes sync the backing. QEMU 11.1.2 or later
 connects with vhost-user-test-device-pci (see the printed arguments); a
 front-end that disconnects may reconnect. SIGINT or SIGTERM stops serving.`,
 		Args: cobra.NoArgs,
@@ -91,6 +92,12 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string, fo flushhint.Opt
 	defer b.Close()
 	if b.ReadOnly() {
 		return fmt.Errorf("backing %s is read-only: QEMU 11.1.2 maps every vhost-user shared-memory region writable whatever the flag, so a read-only virtio-pmem device cannot be offered on this transport", path)
+	}
+	// The rule of qemu-args --virtio-pmem: a backing made for an nvdimm
+	// (label area, maybe live namespaces) is not a virtio-pmem device.
+	if ls := b.Layout().LabelSize; ls != 0 {
+		return fmt.Errorf("backing %s has a %s label area: it was made for an nvdimm, and virtio-pmem has no labels, so the guest would read any namespace's raw bytes (info block, offsets) as its device; attach it as an nvdimm or create a backing without --label-size",
+			path, memfile.FormatSize(ls))
 	}
 	if err := b.Lock(memfile.LockExclusive, false); err != nil {
 		return err

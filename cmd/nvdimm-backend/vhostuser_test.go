@@ -114,3 +114,24 @@ func TestCLIVhostUserServeRefusals(t *testing.T) {
 		t.Fatalf("missing --socket: %v", err)
 	}
 }
+
+// TestCLIVhostUserServeRefusesLabelledBacking: like qemu-args
+// --virtio-pmem, serve refuses a backing with a label area (here with a
+// live fsdax namespace): virtio-pmem has no labels, so the guest would
+// read the namespace's raw bytes as its device. The socket is not made.
+func TestCLIVhostUserServeRefusesLabelledBacking(t *testing.T) {
+	p := newBacking(t) // 64 MiB guest, 128 KiB label area
+	cli(t, "label", "init", p)
+	cli(t, "label", "create", p, "--name", "db", "--size", "16M", "--mode", "fsdax", "--slot", "0")
+	if _, err := runMemfileCLI(t, "qemu-args", p, "--virtio-pmem"); err == nil || !strings.Contains(err.Error(), "label area") {
+		t.Fatalf("qemu-args --virtio-pmem: %v", err)
+	}
+	sock := filepath.Join(t.TempDir(), "s")
+	_, err := runMemfileCLI(t, "vhost-user", "serve", "--socket", sock, "--backing", p)
+	if err == nil || !strings.Contains(err.Error(), "128 KiB label area") || !strings.Contains(err.Error(), p) {
+		t.Fatalf("vhost-user serve of a labelled backing: %v", err)
+	}
+	if _, err := os.Lstat(sock); err == nil {
+		t.Error("the refused serve created its socket")
+	}
+}
