@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // startDaemon runs `nvdimm-backend serve` in dir and returns its control
@@ -32,6 +34,9 @@ func startDaemon(t *testing.T, dir string) string {
 		"--control-socket", sock, "--backing-dir", backings)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	// Killed with the test process too (a timed-out or interrupted run
+	// must not leave daemons behind).
+	cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +93,7 @@ func startBareQEMU(t *testing.T, qmpSock string) {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

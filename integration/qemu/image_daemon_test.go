@@ -78,6 +78,12 @@ func TestImageDaemonSharedReadOnly(t *testing.T) {
 	}
 	r := newRendezvous(len(names), measure)
 	results := make([]*Result, len(names))
+	// The second guest attaches its device only after the first guest's
+	// hook has checked that a virtio-pmem attach of that (not yet
+	// attached) device is refused as read-only; otherwise the refusal can
+	// be "already attached" instead, depending on which guest boots first.
+	var checkOnce sync.Once
+	checked := make(chan struct{})
 	var wg sync.WaitGroup
 	for i, n := range names {
 		vm := &VM{
@@ -89,9 +95,18 @@ func TestImageDaemonSharedReadOnly(t *testing.T) {
 			Timeout: 6 * time.Minute,
 		}
 		ready := r.started(img.Image.Path)
-		vm.Started = func(ctx context.Context, vm *VM) error {
+		hook := func(ctx context.Context, vm *VM) error {
 			if err := waitFile(ctx, filepath.Join(vm.Share, "booted")); err != nil {
 				return err
+			}
+			if i == 0 {
+				defer checkOnce.Do(func() { close(checked) })
+			} else {
+				select {
+				case <-checked:
+				case <-ctx.Done():
+					return fmt.Errorf("waiting for the first guest's refusal check: %w", ctx.Err())
+				}
 			}
 			if o, e, err := hostTry(t, append([]string{"device", "attach", n, "--qmp", vm.QMPSocket, "--as", "nvdimm"}, cs...)...); err != nil {
 				return fmt.Errorf("device attach %s: %v\n%s%s", n, err, o, e)
@@ -101,6 +116,13 @@ func TestImageDaemonSharedReadOnly(t *testing.T) {
 				if _, e, err := hostTry(t, append([]string{"device", "attach", names[1], "--qmp", vm.QMPSocket, "--as", "virtio-pmem"}, cs...)...); err == nil || !strings.Contains(e, "read-only") {
 					return fmt.Errorf("virtio-pmem attach of an image: %v %s", err, e)
 				}
+			}
+			return nil
+		}
+		vm.Started = func(ctx context.Context, vm *VM) error {
+			if err := hook(ctx, vm); err != nil {
+				r.fail(vm)
+				return err
 			}
 			return ready(ctx, vm)
 		}

@@ -164,7 +164,7 @@ func (r *rendezvous) started(path string) func(ctx context.Context, vm *VM) erro
 	return func(ctx context.Context, vm *VM) error {
 		release := func() { os.WriteFile(filepath.Join(vm.Share, "go"), nil, 0o644) } //nolint:errcheck
 		if err := waitFile(ctx, filepath.Join(vm.Share, "ready")); err != nil {
-			r.abortOnce.Do(func() { close(r.abort) })
+			r.fail(vm)
 			return fmt.Errorf("guest %s never became ready: %w", vm.Name, err)
 		}
 		r.mu.Lock()
@@ -187,6 +187,14 @@ func (r *rendezvous) started(path string) func(ctx context.Context, vm *VM) erro
 		release()
 		return nil
 	}
+}
+
+// fail aborts the rendezvous and lets vm's guest go on (and so end) at
+// once. A hook that wraps started must call it when it fails before
+// calling started, or the other guests wait out their timeouts.
+func (r *rendezvous) fail(vm *VM) {
+	r.abortOnce.Do(func() { close(r.abort) })
+	os.WriteFile(filepath.Join(vm.Share, "go"), nil, 0o644) //nolint:errcheck
 }
 
 // guestReadScript mounts the image read-only with DAX, hashes every file
