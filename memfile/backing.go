@@ -118,6 +118,34 @@ func newBacking(path string, f *os.File, meta *Meta, o OpenOptions, readOnly boo
 	}, nil
 }
 
+// CheckOptions refuses a LabelSize or Align in o that Open ignored
+// because the backing has a metadata record saying otherwise, and a
+// LabelSize below QEMU's minimum, so that a --label-size or --align given
+// for such a backing is not silently replaced by the recorded one. Zero
+// fields were not given and pass.
+func (b *Backing) CheckOptions(o OpenOptions) error {
+	if o.LabelSize != 0 && o.LabelSize < MinLabelSize {
+		rec := ""
+		if b.meta != nil {
+			rec = fmt.Sprintf("; the label-size recorded in %s is %s: omit --label-size", MetaPath(b.path), FormatSize(b.meta.Layout.LabelSize))
+		}
+		return fmt.Errorf("backing %s: --label-size %s is below QEMU's minimum of %s%s", b.path, FormatSize(o.LabelSize), FormatSize(MinLabelSize), rec)
+	}
+	if b.meta == nil {
+		return nil
+	}
+	rec := b.meta.Layout
+	if o.LabelSize != 0 && o.LabelSize != rec.LabelSize {
+		return fmt.Errorf("backing %s: --label-size %s conflicts with the label-size %s recorded in %s; omit --label-size (it describes backings without a metadata record)",
+			b.path, FormatSize(o.LabelSize), FormatSize(rec.LabelSize), MetaPath(b.path))
+	}
+	if o.Align != 0 && o.Align != rec.Align {
+		return fmt.Errorf("backing %s: --align %s conflicts with the align %s recorded in %s; omit --align (it describes backings without a metadata record)",
+			b.path, FormatSize(o.Align), FormatSize(rec.Align), MetaPath(b.path))
+	}
+	return nil
+}
+
 // Path is the path the backing was opened by (for a memfd, a
 // /proc/PID/fd/N path that other processes can open while this one lives).
 func (b *Backing) Path() string { return b.path }

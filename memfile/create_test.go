@@ -411,3 +411,38 @@ func TestMaxFileSize(t *testing.T) {
 		t.Errorf("approxSize = %q", got)
 	}
 }
+
+// TestCheckOptions: layout options that Open ignores because of the
+// metadata record are refused when they disagree with it.
+func TestCheckOptions(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.img")
+	b, err := Create(p, CreateOptions{Size: 4 * MiB, LabelSize: 128 * KiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	o := OpenOptions{LabelSize: 256 * KiB}
+	b, err = Open(p, o) // Open still ignores it: the record wins
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, c := range []struct {
+		o    OpenOptions
+		want string
+	}{
+		{OpenOptions{}, ""},
+		{OpenOptions{LabelSize: 128 * KiB, Align: 2 * MiB}, ""},
+		{OpenOptions{LabelSize: 256 * KiB}, "--label-size 256 KiB conflicts with the label-size 128 KiB recorded in " + MetaPath(p)},
+		{OpenOptions{LabelSize: 64 * KiB}, "--label-size 64 KiB is below QEMU's minimum of 128 KiB; the label-size recorded in " + MetaPath(p) + " is 128 KiB"},
+		{OpenOptions{Align: 4 * KiB}, "--align 4 KiB conflicts with the align 2 MiB"},
+	} {
+		err := b.CheckOptions(c.o)
+		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%+v: err = %v, want %q", c.o, err, c.want)
+		}
+	}
+	if _, err := Inspect(p, OpenOptions{LabelSize: 256 * KiB}); err == nil || !strings.Contains(err.Error(), "conflicts") {
+		t.Errorf("inspect with a conflicting label size: %v", err)
+	}
+}

@@ -59,7 +59,9 @@ func (b *Backing) lockedBy() string {
 	return LockNone.String()
 }
 
-// Inspect opens the backing at path read-only and describes it.
+// Inspect opens the backing at path read-only and describes it. A
+// LabelSize or Align in o that disagrees with the metadata record is
+// refused (see CheckOptions).
 func Inspect(path string, o OpenOptions) (Info, error) {
 	o.ReadOnly = true
 	b, err := Open(path, o)
@@ -67,6 +69,9 @@ func Inspect(path string, o OpenOptions) (Info, error) {
 		return Info{}, fmt.Errorf("inspect: %w", err)
 	}
 	defer b.Close()
+	if err := b.CheckOptions(o); err != nil {
+		return Info{}, fmt.Errorf("inspect: %w", err)
+	}
 	in := b.Info()
 	in.ReadOnly = b.meta != nil && b.meta.ReadOnly
 	return in, nil

@@ -70,8 +70,15 @@ func openLabelTarget(path string, o *labelTargetOpts, write bool) (*labelTarget,
 		t.f, t.dev, t.size, t.close = f, syncFile{f}, fi.Size(), f.Close
 		return t, nil
 	}
-	b, err := memfile.Open(path, memfile.OpenOptions{ReadOnly: !write, LabelSize: o.labelSize.v})
+	oo := memfile.OpenOptions{ReadOnly: !write, LabelSize: o.labelSize.v}
+	b, err := memfile.Open(path, oo)
 	if err != nil {
+		return nil, err
+	}
+	// A --label-size the metadata record contradicts is refused, not
+	// silently replaced by the recorded one.
+	if err := b.CheckOptions(oo); err != nil {
+		b.Close()
 		return nil, err
 	}
 	if write {
@@ -1156,8 +1163,15 @@ func openLabelTargetData(path string, o *labelTargetOpts, write bool) (*labelTar
 	if o.area {
 		return nil, errors.New("infoblock works on a backing's data, not on --area")
 	}
-	b, err := memfile.Open(path, memfile.OpenOptions{ReadOnly: !write, LabelSize: o.labelSize.v})
+	oo := memfile.OpenOptions{ReadOnly: !write, LabelSize: o.labelSize.v}
+	b, err := memfile.Open(path, oo)
 	if err != nil {
+		return nil, err
+	}
+	// A --label-size the metadata record contradicts is refused, not
+	// silently replaced by the recorded one.
+	if err := b.CheckOptions(oo); err != nil {
+		b.Close()
 		return nil, err
 	}
 	if write {

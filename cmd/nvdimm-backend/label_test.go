@@ -768,3 +768,36 @@ func TestLabelLockedByOtherProcess(t *testing.T) {
 	}
 	cli(t, "label", "create", p, "--name", "a", "--size", "16M", "--slot", "0")
 }
+
+// TestLabelSizeFlagConflictsWithRecord: a --label-size (or --align) the
+// backing's metadata record contradicts, or one below QEMU's minimum, is
+// refused by reading and editing verbs instead of silently replaced by
+// the recorded one; the recorded size itself is accepted.
+func TestLabelSizeFlagConflictsWithRecord(t *testing.T) {
+	p := newBacking(t)
+	cli(t, "label", "init", p)
+	before := fingerprint(t, p)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"label", "list", p, "--label-size", "64K"}, "--label-size 64 KiB is below QEMU's minimum of 128 KiB; the label-size recorded in " + p + ".nvdimm.json is 128 KiB: omit --label-size"},
+		{[]string{"label", "list", p, "--label-size", "256K"}, "--label-size 256 KiB conflicts with the label-size 128 KiB recorded in " + p + ".nvdimm.json"},
+		{[]string{"label", "check", p, "--label-size", "256K"}, "conflicts with the label-size 128 KiB"},
+		{[]string{"label", "create", p, "--name", "x", "--size", "16M", "--slot", "0", "--label-size", "1M"}, "--label-size 1 MiB conflicts"},
+		{[]string{"label", "infoblock", p, "--label-size", "256K"}, "conflicts with the label-size 128 KiB"},
+		{[]string{"inspect", p, "--label-size", "64K"}, "below QEMU's minimum"},
+		{[]string{"inspect", p, "--align", "4K"}, "--align 4 KiB conflicts with the align 2 MiB recorded"},
+		{[]string{"qemu-args", p, "--label-size", "256K"}, "conflicts with the label-size 128 KiB"},
+	} {
+		_, err := runMemfileCLI(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err = %v, want %q", c.args, err, c.want)
+		}
+	}
+	if fingerprint(t, p) != before {
+		t.Fatal("refused verbs changed the backing")
+	}
+	cli(t, "label", "list", p, "--label-size", "128K")
+	cli(t, "inspect", p, "--label-size", "128K", "--align", "2M")
+}

@@ -271,11 +271,15 @@ func newQEMUArgsCmd() *cobra.Command {
 		Short: "Print the QEMU -machine, -m, -object and -device arguments for a backing",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := memfile.Open(args[0], memfile.OpenOptions{ReadOnly: true, LabelSize: labelSize.v, Align: align.v})
+			oo := memfile.OpenOptions{ReadOnly: true, LabelSize: labelSize.v, Align: align.v}
+			b, err := memfile.Open(args[0], oo)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
+			if err := b.CheckOptions(oo); err != nil {
+				return err
+			}
 			// Opened read-only only to look; the attach mode is o.ReadOnly.
 			t := memfile.QEMUTarget{
 				Path: b.Path(), Kind: b.Kind(), Layout: b.Layout(),
