@@ -72,7 +72,7 @@ func readJSON(t *testing.T, path string, v any) bool {
 
 // TestGuestCaptures parses every label area a real guest wrote (each
 // testdata directory with label.bin) and compares it with what the
-// guest's ndctl reported.
+// guest's ndctl reported; both ndctl outputs are required.
 func TestGuestCaptures(t *testing.T) {
 	dirs, _ := filepath.Glob("testdata/*/label.bin")
 	if len(dirs) == 0 {
@@ -96,8 +96,16 @@ func checkCapture(t *testing.T, dir string) {
 	if !a.Labelled {
 		t.Fatalf("not labelled: %v", a.Probe)
 	}
+	// Every capture carries what the guest's ndctl read from the DIMM;
+	// without it the decode below would be compared with nothing.
 	var rl readLabels
-	if readJSON(t, filepath.Join(dir, "read-labels-nmem0.json"), &rl) {
+	if !readJSON(t, filepath.Join(dir, "read-labels-nmem0.json"), &rl) {
+		t.Fatalf("%s: read-labels-nmem0.json is missing: a capture needs the guest's ndctl read-labels output", dir)
+	}
+	if len(rl) != 1 || len(rl[0].Index) != 2 {
+		t.Fatalf("%s: read-labels-nmem0.json: want one DIMM with two index blocks, got %d DIMM(s)", dir, len(rl))
+	}
+	{
 		d := rl[0]
 		for i, ix := range d.Index {
 			x := a.Blocks[i].Index
@@ -123,7 +131,10 @@ func checkCapture(t *testing.T, dir string) {
 	}
 	var nl ndctlList
 	if !readJSON(t, filepath.Join(dir, "ndctl-list.json"), &nl) {
-		return
+		t.Fatalf("%s: ndctl-list.json is missing: a capture needs the guest's ndctl list output", dir)
+	}
+	if len(nl.Regions) != 1 {
+		t.Fatalf("%s: ndctl-list.json: want one region, got %d", dir, len(nl.Regions))
 	}
 	reg := nl.Regions[0]
 	got := a.Namespaces()
