@@ -89,9 +89,20 @@ func saveConsoleOnFailure(t *testing.T, name, console string) {
 var (
 	binOnce sync.Once
 	binPath string
+	binDir  string // the temporary directory ourBinary built into; removed by TestMain
 	binErr  error
 	binOut  string
 )
+
+// TestMain removes what the package's helpers leave for the whole process
+// (the binary ourBinary built), so repeated runs do not fill /tmp.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 // ourBinary builds a static nvdimm-backend once per test process; the same
 // binary runs on the host and inside guests. NVDIMM_BIN names a prebuilt
@@ -113,6 +124,7 @@ func ourBinary(t *testing.T) string {
 			binErr = err
 			return
 		}
+		binDir = dir
 		binPath = filepath.Join(dir, "nvdimm-backend")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/nvdimm-backend")
 		cmd.Dir = root
