@@ -7,7 +7,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build static test unit integration lint bench bench-flush bench-guest demo clean
+.PHONY: all build static test deps unit integration lint bench bench-flush bench-guest demo clean
 
 all: build
 
@@ -19,9 +19,19 @@ static:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS) -s -w' -o bin/nvdimm-backend-static ./cmd/nvdimm-backend
 
 # Unit tests (including every fuzz target's seed corpus), then the
-# integration suite when QEMU can run here.
-test: unit
+# integration suite when QEMU can run here. As root on Debian, QEMU and the
+# guest userland are installed first, so the unit tests that drive a real
+# (paused) QEMU run too instead of skipping.
+test: deps unit
 	@./integration/qemu/maybe-run
+
+# Install what the tests and the demo need from Debian's archive, when
+# running as root and something is missing; otherwise say why not.
+deps:
+	@if ./integration/qemu/install.sh --check >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing QEMU and the guest userland"; ./integration/qemu/install.sh || echo "install failed: tests that need QEMU will skip"; \
+	else echo "not root: tests that need QEMU skip where it is missing"; fi
 
 unit:
 	$(GO) test -count=1 $(PKGS)
@@ -34,6 +44,8 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) tool staticcheck $(PKGS)
 	$(GO) tool checklocks $(PKGS)
+	$(GO) vet -tags integration ./integration/...
+	$(GO) tool staticcheck -tags integration ./integration/...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
