@@ -134,6 +134,13 @@ type queue struct {
 	counter uint64
 	// +checklocks:mu
 	started bool
+	// resumeStart: a replayed journal left the ring started; start it
+	// when the replay ends. resumeFromUsed: that start takes the next
+	// avail index from the used index in guest memory.
+	// +checklocks:mu
+	resumeStart bool
+	// +checklocks:mu
+	resumeFromUsed bool
 	// +checklocks:mu
 	broken bool
 	// +checklocks:mu
@@ -488,6 +495,10 @@ func (q *queue) startLocked() error {
 		return err
 	}
 	q.usedShadow = q.r.usedIdx.load()
+	if q.resumeFromUsed {
+		q.resumeFromUsed = false
+		q.lastAvail = q.usedShadow
+	}
 	q.gate = new(sync.Gate)
 	q.started = true
 	q.abandoned.Store(false)

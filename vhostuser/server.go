@@ -50,6 +50,8 @@ type Server struct {
 	cur *session
 	// +checklocks:mu
 	closed bool
+	// +checklocks:mu
+	keeper Keeper
 }
 
 // NewServer checks the backend's description and returns a server for it.
@@ -119,6 +121,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
+	if k := s.keeperConfig(); k.Path != "" {
+		c, kc, journal, ok, err := s.fetchKeeper(k)
+		if err != nil {
+			s.log.Warn("keeper: cannot take the connection over", "err", err)
+		} else if ok {
+			if err := s.resume(ctx, c, kc, journal); err != nil {
+				s.log.Warn("vhost-user front-end session ended", "err", err)
+			}
+		}
+	}
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -143,8 +155,12 @@ func (s *Server) isClosed() bool {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	ln, cur := s.ln, s.cur
+	ln, cur, k := s.ln, s.cur, s.keeper
 	s.mu.Unlock()
+	// A deliberate stop lets the front-end see the back-end leave (a
+	// kept connection would leave QEMU waiting for answers forever);
+	// only a crash leaves the connection to the keeper.
+	dropKeeper(k.Path)
 	if cur != nil {
 		cur.conn.c.Close()
 	}
@@ -203,7 +219,15 @@ func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) error {
 		return errors.New("server closed")
 	}
 	s.cur = sess
+	k := s.keeper
 	s.mu.Unlock()
+	if k.Path != "" {
+		kc, err := s.attachKeeper(k, c)
+		if err != nil {
+			s.log.Warn("keeper: not available; this connection will not survive a restart", "err", err)
+		}
+		sess.keeper = kc
+	}
 	s.Stats.Connections.Add(1)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
@@ -244,7 +268,12 @@ type session struct {
 	inflight      []byte // mapping of the inflight area
 	inflightQSize uint16
 	mapped        bool // SHMEM_MAP sent for the current start
-	mapWG         sync.WaitGroup
+	// keeper receives every front-end message (nil: no keeper);
+	// replaying is set while a journal from the keeper is replayed:
+	// nothing is answered, mapped or started then.
+	keeper    *msgConn
+	replaying bool
+	mapWG     sync.WaitGroup
 }
 
 func newSession(s *Server, c *net.UnixConn) *session {
@@ -284,6 +313,7 @@ func (s *session) loop() error {
 		if err != nil {
 			return err
 		}
+		s.journal(h, payload, fds)
 		if err := s.dispatch(h, payload, fds); err != nil {
 			return err
 		}
@@ -321,13 +351,13 @@ func (s *session) dispatch(h Header, payload []byte, fds []int) error {
 		switch {
 		case errors.Is(err, ErrUnknownRequest):
 			if h.NeedReply() {
-				return s.conn.reply(h, u64(1), nil)
+				return s.reply(h, u64(1), nil)
 			}
 			return nil
 		case mandatoryReply(rt):
 			return fmt.Errorf("malformed %v, which needs a reply: %w", rt, err)
 		case h.NeedReply():
-			return s.conn.reply(h, u64(1), nil)
+			return s.reply(h, u64(1), nil)
 		}
 		return nil
 	}
@@ -337,18 +367,26 @@ func (s *session) dispatch(h Header, payload []byte, fds []int) error {
 		s.log.Warn("vhost-user request failed", "req", rt.String(), "err", herr)
 	}
 	if reply != nil {
-		err := s.conn.reply(h, reply, replyFds)
+		err := s.reply(h, reply, replyFds)
 		closeFds(replyFds)
 		return err
 	}
 	if mandatoryReply(rt) {
 		// An unsupported request that needs an answer gets a failure.
-		return s.conn.reply(h, u64(1), nil)
+		return s.reply(h, u64(1), nil)
 	}
 	if h.NeedReply() {
-		return s.conn.reply(h, boolU64(herr), nil)
+		return s.reply(h, boolU64(herr), nil)
 	}
 	return nil
+}
+
+// reply answers the front-end, except while replaying a journal.
+func (s *session) reply(h Header, payload []byte, fds []int) error {
+	if s.replaying {
+		return nil
+	}
+	return s.conn.reply(h, payload, fds)
 }
 
 func (s *session) queue(i uint32) (*queue, error) {
@@ -487,6 +525,10 @@ func (s *session) setFeatures(v uint64) error {
 func (s *session) startShmem() {
 	maps := s.srv.backend.ShmemMappings()
 	if s.mapped || len(maps) == 0 || s.proto.Load()&ProtoShmem == 0 {
+		return
+	}
+	if s.replaying {
+		s.mapped = true // QEMU still has the previous process's mappings
 		return
 	}
 	s.mapped = true
@@ -712,6 +754,7 @@ func (s *session) getVringBase(st VringState) (VringState, error) {
 	}
 	q.mu.Lock()
 	q.stopLocked(true)
+	q.resumeStart = false
 	res := VringState{Index: st.Index, Num: uint32(q.lastAvail)}
 	q.broken = false
 	q.mu.Unlock()
@@ -773,6 +816,10 @@ func (s *session) setVringFd(rt RequestType, v uint64, fds []int) error {
 		}
 		q.kick, q.pollMode = f, f == nil
 		s.startShmem()
+		if s.replaying {
+			q.resumeStart = true
+			return nil
+		}
 		if err := q.startLocked(); err != nil {
 			return fmt.Errorf("starting vring %d: %w", idx, err)
 		}
@@ -908,6 +955,7 @@ func (s *session) reset() {
 		q.mu.Lock()
 		q.stopLocked(true)
 		q.size, q.addrSet, q.lastAvail, q.broken = 0, false, 0, false
+		q.resumeStart = false
 		q.mu.Unlock()
 		q.enabled.Store(false)
 	}
@@ -924,6 +972,9 @@ func (s *session) reset() {
 func (s *session) teardown() {
 	s.cancel()
 	s.conn.c.Close()
+	if s.keeper != nil {
+		s.keeper.c.Close()
+	}
 	if ch := s.backendCh.Swap(nil); ch != nil {
 		ch.c.Close()
 	}
