@@ -79,6 +79,9 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 		if err != nil {
 			return fail(err)
 		}
+		if KeeperCommand != nil {
+			srv.SetKeeper(vhostuser.Keeper{Path: sock + ".keeper", Start: startKeeper})
+		}
 		if err := srv.Listen(sock); err != nil {
 			return fail(err)
 		}
