@@ -103,15 +103,15 @@ func TestBackportsSourceDerived(t *testing.T) {
 		want             []string // lines the stanza must have; nil = must fail
 	}{
 		{"deb822", "sources.list.d/debian.sources",
-			"Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/example.gpg\n\n" +
-				"Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n",
-			[]string{"URIs: http://mirror.example/debian", "Suites: bookworm-backports", "Signed-By: /usr/share/keyrings/example.gpg"}},
+			"Types: deb\n# a comment\nURIs: file:///srv/mirror/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/example.gpg\n\n" +
+				"Types: deb\nURIs: file:///srv/mirror/debian-security\nSuites: bookworm-security\nComponents: main\n",
+			[]string{"URIs: file:///srv/mirror/debian", "Suites: bookworm-backports", "Signed-By: /usr/share/keyrings/example.gpg"}},
 		{"security-first", "sources.list.d/a.sources",
-			"Types: deb\nURIs: http://mirror.example/sec\nSuites: bookworm-security\n\nTypes: deb\nURIs: http://mirror.example/main\nSuites: bookworm\n",
-			[]string{"URIs: http://mirror.example/main"}},
-		{"one-line", "sources.list", "deb http://mirror.example/debian bookworm main\n",
-			[]string{"URIs: http://mirror.example/debian"}},
-		{"none", "sources.list", "deb http://mirror.example/debian trixie main\n", nil},
+			"Types: deb\nURIs: file:///srv/mirror/sec\nSuites: bookworm-security\n\nTypes: deb\nURIs: file:///srv/mirror/main\nSuites: bookworm\n",
+			[]string{"URIs: file:///srv/mirror/main"}},
+		{"one-line", "sources.list", "deb file:///srv/mirror/debian bookworm main\n",
+			[]string{"URIs: file:///srv/mirror/debian"}},
+		{"none", "sources.list", "deb file:///srv/mirror/debian trixie main\n", nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
