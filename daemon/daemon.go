@@ -437,7 +437,14 @@ func (d *Daemon) Close(ctx context.Context) error {
 		_ = s.conn.Close()
 	}
 	for name, srv := range servers {
-		if err := srv.Close(ctx); err != nil {
+		// A shutdown is not a release: a server that can leave QEMU's
+		// connection with its keeper does, so the restarted daemon takes
+		// the session over and the guest sees no disconnect.
+		stop := srv.Close
+		if d, ok := srv.(interface{ Detach(context.Context) error }); ok {
+			stop = d.Detach
+		}
+		if err := stop(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("vhost-user server %s: %w", name, err))
 		}
 	}

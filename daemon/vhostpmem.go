@@ -115,10 +115,21 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 	}
 }
 
-// Close stops the server, then closes the flush engine, which waits for
-// flushes in flight and syncs once more, and closes the backing.
+// Close stops the server and lets QEMU's connection go (a release), then
+// closes the flush engine, which waits for flushes in flight and syncs
+// once more, and closes the backing.
 func (p *pmemServer) Close(ctx context.Context) error {
-	err := p.srv.Close()
+	return p.stop(ctx, p.srv.Close)
+}
+
+// Detach is Close for a daemon shutdown while the guest runs: QEMU's
+// connection stays with the keeper, and the restarted daemon takes it over.
+func (p *pmemServer) Detach(ctx context.Context) error {
+	return p.stop(ctx, p.srv.Detach)
+}
+
+func (p *pmemServer) stop(ctx context.Context, stopServer func() error) error {
+	err := stopServer()
 	p.cancel()
 	if errors.Is(err, net.ErrClosed) { // Serve's context already closed it
 		err = nil

@@ -50,6 +50,10 @@ type Server struct {
 	cur *session
 	// +checklocks:mu
 	closed bool
+	// detached: Detach was called, so Close leaves the front-end
+	// connection with the keeper instead of telling it to let go.
+	// +checklocks:mu
+	detached bool
 	// +checklocks:mu
 	keeper Keeper
 }
@@ -151,16 +155,21 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-// Close stops listening and ends the current session.
+// Close stops listening and ends the current session. Unless Detach was
+// called first, it tells the keeper to let the front-end connection go, so
+// the front-end sees the back-end leave.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	ln, cur, k := s.ln, s.cur, s.keeper
+	ln, cur, k, detached := s.ln, s.cur, s.keeper, s.detached
 	s.mu.Unlock()
-	// A deliberate stop lets the front-end see the back-end leave (a
-	// kept connection would leave QEMU waiting for answers forever);
-	// only a crash leaves the connection to the keeper.
-	dropKeeper(k.Path)
+	// A release lets the front-end see the back-end leave (a kept
+	// connection would leave QEMU waiting for answers forever); a crash
+	// or a Detach leaves the connection to the keeper, for the next
+	// server on the same keeper path to take over.
+	if !detached {
+		dropKeeper(k.Path)
+	}
 	if cur != nil {
 		cur.conn.c.Close()
 	}
@@ -168,6 +177,18 @@ func (s *Server) Close() error {
 		return ln.Close()
 	}
 	return nil
+}
+
+// Detach stops serving like Close but leaves the front-end connection
+// with the keeper (when one is set), as a crash would: a server started
+// later on the same keeper path takes the session over and the front-end
+// notices nothing. It is for a back-end restart (daemon shutdown while
+// guests run); without a keeper it is Close.
+func (s *Server) Detach() error {
+	s.mu.Lock()
+	s.detached = true
+	s.mu.Unlock()
+	return s.Close()
 }
 
 // current returns the session being served, or an error.

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,6 +161,28 @@ func (d *daemonProc) kill() {
 	<-d.exited
 	fmt.Fprintf(d.log, "=== killed at %s\n", time.Now().Format(time.RFC3339Nano))
 	d.cmd = nil
+}
+
+// term sends SIGTERM (a graceful shutdown) and waits for the process to
+// be gone; after a minute it kills it and reports that.
+func (d *daemonProc) term() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil {
+		return nil
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck
+	var err error
+	select {
+	case <-d.exited:
+	case <-time.After(time.Minute):
+		d.cmd.Process.Kill() //nolint:errcheck
+		<-d.exited
+		err = errors.New("the daemon did not exit within a minute of SIGTERM")
+	}
+	fmt.Fprintf(d.log, "=== stopped with SIGTERM at %s\n", time.Now().Format(time.RFC3339Nano))
+	d.cmd = nil
+	return err
 }
 
 func (d *daemonProc) cli(args ...string) (string, error) {
@@ -606,6 +629,31 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 		}()
 		err = waitLines(wctx, acked, ackAtRestart+40)
 		cancel()
+		if err == nil {
+			// A graceful restart (SIGTERM, as a service manager stops
+			// it) must be just as invisible: the daemon leaves QEMU's
+			// connection with the keeper instead of letting it go.
+			if terr := d.term(); terr != nil {
+				return terr
+			}
+			if err := d.start(); err != nil {
+				return fmt.Errorf("starting the daemon after SIGTERM: %w", err)
+			}
+			ackAtTerm := countLines(acked)
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			go func() {
+				select {
+				case <-c.Done():
+					cancel()
+				case <-wctx.Done():
+				}
+			}()
+			err = waitLines(wctx, acked, ackAtTerm+40)
+			cancel()
+			if err != nil {
+				err = fmt.Errorf("after a SIGTERM restart: %w", err)
+			}
+		}
 		flushesAfter = d.flushes("vr")
 		os.WriteFile(filepath.Join(vm.Share, "stop"), nil, 0o644) //nolint:errcheck
 		if err != nil {
