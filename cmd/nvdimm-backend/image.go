@@ -325,15 +325,7 @@ unarmed=on on the device. There is no writable form; use 'image clone'.`,
 			if err != nil {
 				return err
 			}
-			return output(cmd, a, func(w io.Writer) error {
-				for i := 0; i+1 < len(a.Argv); i += 2 {
-					fmt.Fprintf(w, "%s %s\n", a.Argv[i], shellQuote(a.Argv[i+1]))
-				}
-				for _, wn := range a.Warnings {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", wn)
-				}
-				return nil
-			})
+			return printQEMUArgs(cmd, a)
 		},
 	}
 	f := cmd.Flags()

@@ -294,15 +294,7 @@ func newQEMUArgsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return output(cmd, a, func(w io.Writer) error {
-				for i := 0; i+1 < len(a.Argv); i += 2 {
-					fmt.Fprintf(w, "%s %s\n", a.Argv[i], shellQuote(a.Argv[i+1]))
-				}
-				for _, wn := range a.Warnings {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", wn)
-				}
-				return nil
-			})
+			return printQEMUArgs(cmd, a)
 		},
 	}
 	f := cmd.Flags()
@@ -360,4 +352,18 @@ func init() {
 	register(newInspectCmd)
 	register(newQEMUArgsCmd)
 	register(newCloneCmd)
+}
+
+// printQEMUArgs prints QEMU arguments one option per line (shell-quoted
+// values), warnings on stderr, or the whole record with --json.
+func printQEMUArgs(cmd *cobra.Command, a memfile.QEMUArgs) error {
+	return output(cmd, a, func(w io.Writer) error {
+		for i := 0; i+1 < len(a.Argv); i += 2 {
+			fmt.Fprintf(w, "%s %s\n", a.Argv[i], shellQuote(a.Argv[i+1]))
+		}
+		for _, wn := range a.Warnings {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", wn)
+		}
+		return nil
+	})
 }

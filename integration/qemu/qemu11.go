@@ -291,21 +291,8 @@ type BootOptions struct {
 func BootWith(ctx context.Context, kit *Kit, q *QEMU, accel string, vm *VM, share string, o BootOptions) (*Result, error) {
 	guestSlots <- struct{}{}
 	defer func() { <-guestSlots }()
-	if err := os.WriteFile(filepath.Join(share, "run.sh"), []byte(vm.Script+"\n"), 0o644); err != nil {
+	if err := prepareShare(vm, share); err != nil {
 		return nil, err
-	}
-	for name, src := range vm.Files {
-		dst := filepath.Join(share, name)
-		os.Remove(dst)
-		if err := os.Link(src, dst); err != nil {
-			fi, serr := os.Stat(src)
-			if serr != nil {
-				return nil, fmt.Errorf("share file %s: %w", src, serr)
-			}
-			if err := copyFile(src, dst, fi.Mode().Perm()); err != nil {
-				return nil, err
-			}
-		}
 	}
 	kernel, initrd := kit.Kernel, kit.Initrd
 	if o.Kernel != "" {

@@ -175,10 +175,11 @@ func Boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 	return boot(ctx, kit, accel, vm, share)
 }
 
-// boot runs one QEMU process to completion (or until ctx ends).
-func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*Result, error) {
+// prepareShare writes the guest's script into the 9p share and links (or
+// copies, across filesystems) the files the guest needs there.
+func prepareShare(vm *VM, share string) error {
 	if err := os.WriteFile(filepath.Join(share, "run.sh"), []byte(vm.Script+"\n"), 0o644); err != nil {
-		return nil, err
+		return err
 	}
 	for name, src := range vm.Files {
 		dst := filepath.Join(share, name)
@@ -186,12 +187,20 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 		if err := os.Link(src, dst); err != nil {
 			fi, serr := os.Stat(src)
 			if serr != nil {
-				return nil, fmt.Errorf("share file %s: %w", src, serr)
+				return fmt.Errorf("share file %s: %w", src, serr)
 			}
 			if err := copyFile(src, dst, fi.Mode().Perm()); err != nil {
-				return nil, err
+				return err
 			}
 		}
+	}
+	return nil
+}
+
+// boot runs one QEMU process to completion (or until ctx ends).
+func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*Result, error) {
+	if err := prepareShare(vm, share); err != nil {
+		return nil, err
 	}
 	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"}
 	if accel == "kvm" {
