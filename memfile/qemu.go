@@ -138,16 +138,8 @@ func BuildQEMUArgs(t QEMUTarget, o QEMUArgOptions) (QEMUArgs, error) {
 	size := l.BackingSize
 	var warnings []string
 	if o.VirtioPMEM {
-		if o.ReadOnly {
-			return QEMUArgs{}, fmt.Errorf("backing %s: virtio-pmem has no read-only mode (the guest maps it writable and flushes it); attach it as a read-only nvdimm instead", t.Path)
-		}
-		if l.LabelSize != 0 {
-			return QEMUArgs{}, fmt.Errorf("backing %s has a %s label area at its end: virtio-pmem exposes the whole file and has no label area, so the guest would see and could overwrite the labels; attach it as an nvdimm or create a backing without --label-size",
-				t.Path, FormatSize(l.LabelSize))
-		}
-		// virtio-pmem exposes the whole backend.
-		if err := CheckGuestMappable(Layout{GuestSize: size, Align: l.Align}); err != nil {
-			return QEMUArgs{}, fmt.Errorf("backing %s for virtio-pmem: %w", t.Path, err)
+		if err := CheckVirtioPMEM(t.Path, l, o.ReadOnly); err != nil {
+			return QEMUArgs{}, err
 		}
 	} else {
 		warnings = append(warnings, l.Warnings...)
