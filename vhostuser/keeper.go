@@ -75,20 +75,10 @@ func RunKeeper(path string, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	if _, err := os.Lstat(path); err == nil {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return fmt.Errorf("keeper %s: another keeper is listening", path)
-		}
-		os.Remove(path)
-	}
-	old := unix.Umask(0o177)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	unix.Umask(old)
+	ln, err := listenSocket(path, "keeper")
 	if err != nil {
-		return fmt.Errorf("keeper %s: %w", path, err)
+		return err
 	}
-	ln.SetUnlinkOnClose(true)
 	defer ln.Close()
 	var (
 		mu      sync.Mutex

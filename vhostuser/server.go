@@ -86,25 +86,12 @@ func (s *Server) ProtocolFeatures() uint64 {
 }
 
 // Listen creates the Unix socket at path (mode 0600), replacing a stale
-// socket file but nothing else.
+// socket file but nothing else (see listenSocket).
 func (s *Server) Listen(path string) error {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return fmt.Errorf("listen %s: exists and is not a socket", path)
-		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return fmt.Errorf("listen %s: another server is listening", path)
-		}
-		os.Remove(path)
-	}
-	old := unix.Umask(0o177)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	unix.Umask(old)
+	ln, err := listenSocket(path, "listen")
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", path, err)
+		return err
 	}
-	ln.SetUnlinkOnClose(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
