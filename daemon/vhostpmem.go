@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,24 +25,23 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
-// pmemServer is one device's vhost-user virtio-pmem server.
+// pmemServer is one device's vhost-user virtio-pmem service (the device
+// and its server, vhostuser/pmem.Service) with the flush engine and the
+// backing it owns.
 type pmemServer struct {
 	name    string
 	backing *memfile.Backing
-	srv     *vhostuser.Server
 	engine  *flushhint.Engine
-	cancel  context.CancelFunc
-	done    chan struct{}
-	reg     prometheus.Registerer
-	metrics []prometheus.Collector
+	svc     *pmem.Service
 }
 
 // PMemVhostUser returns the production VhostUserFactory: a virtio-pmem
-// device (vhostuser/pmem) exposing the backing as shared-memory region 0,
-// its flushes going through a flushhint.Engine (group commit, the sync
-// strategy memfile's kind calls for), served on the socket with
-// vhostuser.Server. The engine's and the server's metrics are registered
-// in reg with a "device" label.
+// device exposing the backing as shared-memory region 0, its flushes going
+// through a flushhint.Engine (group commit, the sync strategy memfile's
+// kind calls for), served on the socket by pmem.Start. The engine's, the
+// device's and the server's metrics are registered in reg with a "device"
+// label. With KeeperCommand set, the front-end connection is kept in a
+// keeper process at socket + ".keeper".
 func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory {
 	if log == nil {
 		log = slog.Default()
@@ -66,52 +64,17 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 			b.Close()
 			return nil, err
 		}
-		fail := func(err error) (VhostUserServer, error) {
+		so := pmem.ServiceOptions{Socket: sock, Name: dev.Name, Registerer: reg, Log: log}
+		if KeeperCommand != nil {
+			so.Keeper = vhostuser.Keeper{Path: sock + ".keeper", Start: startKeeper}
+		}
+		svc, err := pmem.Start(so, pmem.Options{Flusher: eng, File: b.File(), Size: dev.Size, Shmem: true})
+		if err != nil {
 			eng.Close()
 			b.Close()
 			return nil, err
 		}
-		pd, err := pmem.New(pmem.Options{Flusher: eng, File: b.File(), Size: dev.Size, Shmem: true, Log: log.With("device", dev.Name)})
-		if err != nil {
-			return fail(err)
-		}
-		srv, err := vhostuser.NewServer(pd, log.With("device", dev.Name))
-		if err != nil {
-			return fail(err)
-		}
-		if KeeperCommand != nil {
-			srv.SetKeeper(vhostuser.Keeper{Path: sock + ".keeper", Start: startKeeper})
-		}
-		if err := srv.Listen(sock); err != nil {
-			return fail(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		p := &pmemServer{name: dev.Name, backing: b, srv: srv, engine: eng, cancel: cancel, done: make(chan struct{}), reg: reg}
-		labels := prometheus.Labels{"device": dev.Name}
-		counter := func(name, help string, f func() uint64) prometheus.Collector {
-			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return float64(f()) })
-		}
-		p.metrics = []prometheus.Collector{
-			counter("nvdimm_backend_vhost_pmem_flushes_total", "virtio-pmem flush requests completed successfully.", pd.Stats.Flushes.Load),
-			counter("nvdimm_backend_vhost_pmem_flush_failures_total", "virtio-pmem requests answered with failure.", pd.Stats.Failures.Load),
-			counter("nvdimm_backend_vhost_pmem_invalid_requests_total", "Malformed virtio-pmem requests.", pd.Stats.Invalid.Load),
-			counter("nvdimm_backend_vhost_connections_total", "vhost-user front-end connections.", srv.Stats.Connections.Load),
-			counter("nvdimm_backend_vhost_bad_chains_total", "Descriptor chains or rings refused.", srv.Stats.BadChains.Load),
-		}
-		if reg != nil {
-			for _, m := range p.metrics {
-				if err := reg.Register(m); err != nil {
-					log.Warn("vhost-user metrics", "device", dev.Name, "err", err)
-				}
-			}
-		}
-		go func() {
-			defer close(p.done)
-			if err := srv.Serve(ctx); err != nil {
-				log.Warn("vhost-user server stopped", "device", dev.Name, "err", err)
-			}
-		}()
-		return p, nil
+		return &pmemServer{name: dev.Name, backing: b, engine: eng, svc: svc}, nil
 	}
 }
 
@@ -119,25 +82,19 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 // closes the flush engine, which waits for flushes in flight and syncs
 // once more, and closes the backing.
 func (p *pmemServer) Close(ctx context.Context) error {
-	return p.stop(ctx, p.srv.Close)
+	return p.stop(ctx, p.svc.Close)
 }
 
 // Detach is Close for a daemon shutdown while the guest runs: QEMU's
 // connection stays with the keeper, and the restarted daemon takes it over.
 func (p *pmemServer) Detach(ctx context.Context) error {
-	return p.stop(ctx, p.srv.Detach)
+	return p.stop(ctx, p.svc.Detach)
 }
 
-func (p *pmemServer) stop(ctx context.Context, stopServer func() error) error {
-	err := stopServer()
-	p.cancel()
-	if errors.Is(err, net.ErrClosed) { // Serve's context already closed it
-		err = nil
-	}
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		return fmt.Errorf("vhost-user server %s: %w", p.name, ctx.Err())
+func (p *pmemServer) stop(ctx context.Context, stopService func(context.Context) error) error {
+	err := stopService(ctx)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("vhost-user server %s: %w", p.name, err)
 	}
 	drained := make(chan error, 1)
 	go func() { drained <- p.engine.Close() }()
@@ -146,11 +103,6 @@ func (p *pmemServer) stop(ctx context.Context, stopServer func() error) error {
 		err = errors.Join(err, eerr)
 	case <-ctx.Done():
 		return fmt.Errorf("vhost-user server %s: flushes still in flight: %w", p.name, ctx.Err())
-	}
-	if p.reg != nil {
-		for _, m := range p.metrics {
-			p.reg.Unregister(m)
-		}
 	}
 	return errors.Join(err, p.backing.Close())
 }

@@ -51,8 +51,14 @@ func TestPMemVhostUserServer(t *testing.T) {
 	if feats&vhostuser.FeatureVersion1 == 0 || feats&pmem.FeatureShmemRegion == 0 {
 		t.Fatalf("features %#x lack VERSION_1 or SHMEM_REGION", feats)
 	}
-	if n := seriesCount(t, reg, "nvdimm_backend_vhost_connections_total"); n != 1 {
-		t.Fatalf("connection metric series: %d", n)
+	// The names the daemon has always exported, and the server's two
+	// that pmem.Start adds.
+	for _, name := range []string{"nvdimm_backend_vhost_connections_total", "nvdimm_backend_vhost_bad_chains_total",
+		"nvdimm_backend_vhost_pmem_flushes_total", "nvdimm_backend_vhost_pmem_flush_failures_total",
+		"nvdimm_backend_vhost_pmem_invalid_requests_total", vhostuser.MetricRequests, vhostuser.MetricShmemMaps} {
+		if n := seriesCount(t, reg, name); n != 1 {
+			t.Fatalf("%s: %d series, want 1", name, n)
+		}
 	}
 	ps := srv.(*pmemServer)
 	if err := ps.engine.Flush(context.Background()); err != nil {

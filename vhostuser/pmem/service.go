@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -39,8 +40,15 @@ type ServiceOptions struct {
 	// Name labels logs and metrics ("device").
 	Name string
 	// Registerer receives the server's and device's metrics (nil: none);
-	// they are unregistered by Close.
+	// they are unregistered by Close. A collector that cannot be
+	// registered (its series already exists) is logged and left out: a
+	// metrics clash must not keep a device from serving.
 	Registerer prometheus.Registerer
+	// Keeper, when its Path is set, keeps the front-end connection in a
+	// keeper process (vhostuser.Keeper), so that the service can be
+	// restarted (Detach, then Start again with the same keeper) without
+	// the front-end noticing.
+	Keeper vhostuser.Keeper
 	// Log is the logger (nil: slog.Default()).
 	Log *slog.Logger
 }
@@ -77,19 +85,21 @@ func Start(so ServiceOptions, o Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	if so.Keeper.Path != "" {
+		srv.SetKeeper(so.Keeper)
+	}
 	s := &Service{Device: dev, Server: srv, Socket: so.Socket, reg: so.Registerer, done: make(chan error, 1)}
+	if err := srv.Listen(so.Socket); err != nil {
+		return nil, err
+	}
 	if so.Registerer != nil {
 		for _, c := range append(srv.Collectors(so.Name), dev.Collectors(so.Name)...) {
 			if err := so.Registerer.Register(c); err != nil {
-				s.unregister()
-				return nil, fmt.Errorf("metrics for %s: %w", so.Name, err)
+				log.Warn("vhost-user metrics not registered", "err", err)
+				continue
 			}
 			s.collectors = append(s.collectors, c)
 		}
-	}
-	if err := srv.Listen(so.Socket); err != nil {
-		s.unregister()
-		return nil, err
 	}
 	go func() { s.done <- srv.Serve(context.Background()) }()
 	return s, nil
@@ -103,10 +113,25 @@ func (s *Service) unregister() {
 }
 
 // Close stops listening, ends the current front-end session (its queues
-// are stopped; flushes in flight finish on their own), unregisters the
-// metrics and waits for the server within ctx.
+// are stopped; flushes in flight finish on their own; a keeper is told to
+// let the front-end go), unregisters the metrics and waits for the server
+// within ctx.
 func (s *Service) Close(ctx context.Context) error {
-	cerr := s.Server.Close()
+	return s.stop(ctx, s.Server.Close)
+}
+
+// Detach is Close except that a keeper keeps the front-end connection
+// (vhostuser.Server.Detach): a Service started later with the same keeper
+// takes the session over. Without a keeper it is Close.
+func (s *Service) Detach(ctx context.Context) error {
+	return s.stop(ctx, s.Server.Detach)
+}
+
+func (s *Service) stop(ctx context.Context, stopServer func() error) error {
+	cerr := stopServer()
+	if errors.Is(cerr, net.ErrClosed) { // stopped before
+		cerr = nil
+	}
 	defer s.unregister()
 	select {
 	case err := <-s.done:
