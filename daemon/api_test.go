@@ -38,6 +38,20 @@ func (e *env) serve() (*Client, string) {
 	return NewClient(sock), sock
 }
 
+// apiDo sends one request to h as a peer with the test's own uid.
+func apiDo(h http.Handler, method, path, body string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r = r.WithContext(context.WithValue(r.Context(), peerKey{}, &unix.Ucred{Uid: uint32(os.Getuid()), Pid: 1}))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// do sends one request to the daemon's handler.
+func (e *env) do(method, path, body string) *httptest.ResponseRecorder {
+	return apiDo(e.d.Handler(), method, path, body)
+}
+
 func TestAPIEndToEnd(t *testing.T) {
 	e := newEnv(t)
 	c, sock := e.serve()

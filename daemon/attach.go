@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
 // AttachRequest is the body of POST /v1/devices/{name}/attach.
@@ -86,6 +88,9 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 	if err := checkImageAttach(snap, req.As); err != nil {
 		return Device{}, err
 	}
+	if err := checkVirtioAttach(snap, req.As); err != nil {
+		return Device{}, err
+	}
 	if req.As == KindVhostUser && d.cfg.VhostUser == nil {
 		return Device{}, fmt.Errorf("%w: this daemon has no vhost-user server support", ErrInvalid)
 	}
@@ -153,6 +158,36 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 	}
 	d.log.Info("device attached", "device", name, "qmp", req.QMP, "as", req.As, "addr", att.Addr)
 	return copyDevice(dv), nil
+}
+
+// checkVirtioAttach refuses, before anything is sent to QEMU, a
+// virtio-pmem or vhost-user attach of a device that cannot be a virtio-pmem
+// device (memfile.CheckVirtioPMEM: read-only, a label area, a size or
+// alignment the guest cannot map), and a vhost-user attach whose region
+// size QEMU cannot expose (memfile.CheckSHMEMRegionSize).
+func checkVirtioAttach(dv Device, as string) error {
+	var l memfile.Layout
+	switch as {
+	case KindVirtioPMEM:
+		// virtio-pmem-pci maps the whole memory backend at an
+		// align boundary.
+		l = memfile.Layout{GuestSize: dv.Size, LabelSize: dv.LabelSize, Align: dv.Align, BackingSize: dv.BackingSize}
+	case KindVhostUser:
+		// The shared-memory region is the guest part, in a PCI BAR
+		// aligned to its own (power-of-two) size.
+		l = memfile.Layout{GuestSize: dv.Size, LabelSize: dv.LabelSize, Align: dv.Size, BackingSize: dv.Size}
+	default:
+		return nil
+	}
+	if err := memfile.CheckVirtioPMEM(dv.Backing, l, dv.ReadOnly); err != nil {
+		return fmt.Errorf("%w: device %q as %s: %w", ErrInvalid, dv.Name, as, err)
+	}
+	if as == KindVhostUser {
+		if err := memfile.CheckSHMEMRegionSize(dv.Size); err != nil {
+			return fmt.Errorf("%w: device %q as %s: backing %s guest size: %w", ErrInvalid, dv.Name, as, dv.Backing, err)
+		}
+	}
+	return nil
 }
 
 // attachMemory adds a memory-backend-file and an nvdimm or virtio-pmem-pci

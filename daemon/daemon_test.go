@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -19,6 +20,19 @@ func (e *env) create(name string) Device {
 	e.t.Helper()
 	dv, err := e.d.Create(context.Background(), CreateRequest{
 		Name: name, Backing: filepath.Join(e.backDir, name+".img"), Size: 64 * mib, LabelSize: 128 << 10,
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return dv
+}
+
+// createPlain registers a label-less device, which virtio-pmem and
+// vhost-user accept.
+func (e *env) createPlain(name string) Device {
+	e.t.Helper()
+	dv, err := e.d.Create(context.Background(), CreateRequest{
+		Name: name, Backing: filepath.Join(e.backDir, name+".img"), Size: 64 * mib,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -189,7 +203,7 @@ func TestAttachRollsBackOnRefusal(t *testing.T) {
 
 func TestAttachRollsBackWhenNotConfirmed(t *testing.T) {
 	e := newEnv(t)
-	dv := e.create("pm0")
+	dv := e.createPlain("pm0")
 	e.vm.hideDevs = true
 	_, err := e.d.Attach(context.Background(), "pm0", AttachRequest{QMP: e.qmpPath, As: KindVirtioPMEM, Bus: "rp1"})
 	if err == nil || !strings.Contains(err.Error(), "not in query-memory-devices") {
@@ -249,7 +263,7 @@ func TestAttachBadQMPAndKinds(t *testing.T) {
 
 func TestAttachVhostUser(t *testing.T) {
 	e := newEnv(t)
-	e.create("vu0")
+	e.createPlain("vu0")
 	dv, err := e.d.Attach(context.Background(), "vu0", AttachRequest{QMP: e.qmpPath, As: KindVhostUser})
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +293,7 @@ func TestAttachVhostUser(t *testing.T) {
 
 func TestAttachVhostUserRollback(t *testing.T) {
 	e := newEnv(t)
-	dv := e.create("vu0")
+	dv := e.createPlain("vu0")
 	e.vm.refuse["device_add"] = &QEMUError{Class: "GenericError", Desc: "'vhost-user-test-device-pci' is not a valid device model name"}
 	_, err := e.d.Attach(context.Background(), "vu0", AttachRequest{QMP: e.qmpPath, As: KindVhostUser})
 	if err == nil || !strings.Contains(err.Error(), "not a valid device model name") {
@@ -299,7 +313,7 @@ func TestAttachVhostUserRollback(t *testing.T) {
 // its timeout naming the chardev and rolls back.
 func TestAttachVhostUserChardevNeverConnects(t *testing.T) {
 	e := newEnv(t)
-	dv := e.create("vu0")
+	dv := e.createPlain("vu0")
 	e.vm.neverConnect = true
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -418,7 +432,7 @@ func TestDroppedSessionDoesNotReleaseLaterAttach(t *testing.T) {
 // device to go, then removes the chardev and releases the backing.
 func TestDetachAcceptedReleases(t *testing.T) {
 	e := newEnv(t)
-	dv := e.create("vu0")
+	dv := e.createPlain("vu0")
 	if _, err := e.d.Attach(context.Background(), "vu0", AttachRequest{QMP: e.qmpPath, As: KindVhostUser}); err != nil {
 		t.Fatal(err)
 	}
@@ -455,7 +469,7 @@ func (r *recCloser) isClosed() bool {
 func TestNVDIMMWritebackLifecycle(t *testing.T) {
 	e := newEnv(t)
 	e.create("pm0")
-	e.create("vp0")
+	e.createPlain("vp0")
 	var started []string
 	var wbs []*recCloser
 	e.d.cfg.Writeback = func(dev Device) (io.Closer, error) {
@@ -477,5 +491,72 @@ func TestNVDIMMWritebackLifecycle(t *testing.T) {
 	waitFor(t, func() bool { g, _ := e.d.Get("pm0"); return g.Attached == nil })
 	if !wbs[0].isClosed() {
 		t.Fatal("writeback not stopped on release")
+	}
+}
+
+// TestAttachVirtioRefusals: a virtio-pmem or vhost-user attach of a device
+// memfile.CheckVirtioPMEM refuses (a label area, read-only) or of a
+// vhost-user region size QEMU cannot expose is refused with ErrInvalid
+// and the reason before anything is sent to QEMU or a vhost-user server
+// is started; the device stays detached and unlocked, and a labelled one
+// still attaches as an nvdimm.
+func TestAttachVirtioRefusals(t *testing.T) {
+	e := newEnv(t)
+	labelled := e.create("lab")
+	ro, err := e.d.Create(context.Background(), CreateRequest{Name: "ro", Backing: filepath.Join(e.backDir, "ro.img"), Size: 64 * mib, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	odd, err := e.d.Create(context.Background(), CreateRequest{Name: "odd", Backing: filepath.Join(e.backDir, "odd.img"), Size: 48 * mib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		dev  Device
+		as   string
+		want []string
+	}{
+		{labelled, KindVirtioPMEM, []string{labelled.Backing, "has a 128 KiB label area", "attach it as an nvdimm"}},
+		{labelled, KindVhostUser, []string{labelled.Backing, "has a 128 KiB label area", "attach it as an nvdimm"}},
+		{ro, KindVirtioPMEM, []string{ro.Backing, "no read-only mode"}},
+		{ro, KindVhostUser, []string{ro.Backing, "no read-only mode"}},
+		{odd, KindVhostUser, []string{odd.Backing, "not a power of two"}},
+	}
+	for _, c := range cases {
+		_, err := e.d.Attach(context.Background(), c.dev.Name, AttachRequest{QMP: e.qmpPath, As: c.as})
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s as %s: %v, want ErrInvalid", c.dev.Name, c.as, err)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s as %s: %q lacks %q", c.dev.Name, c.as, err, w)
+			}
+		}
+		if calls := e.vm.callList(); len(calls) != 0 {
+			t.Fatalf("%s as %s: QMP commands sent: %v", c.dev.Name, c.as, calls)
+		}
+		if len(e.servers) != 0 {
+			t.Fatalf("%s as %s: a vhost-user server was started", c.dev.Name, c.as)
+		}
+		if g, _ := e.d.Get(c.dev.Name); g.Attached != nil || g.Kind != "" {
+			t.Fatalf("%s as %s: device changed: %+v", c.dev.Name, c.as, g)
+		}
+		assertUnlocked(t, c.dev.Backing)
+	}
+	// The same refusal over the control API is a 400 "invalid".
+	w := e.do("POST", "/v1/devices/lab/attach", fmt.Sprintf(`{"qmp":%q,"as":"virtio-pmem"}`, e.qmpPath))
+	if w.Code != 400 || !strings.Contains(w.Body.String(), `"code": "invalid"`) || !strings.Contains(w.Body.String(), "label area") {
+		t.Fatalf("API: %d %s", w.Code, w.Body)
+	}
+	if calls := e.vm.callList(); len(calls) != 0 {
+		t.Fatalf("QMP commands sent: %v", calls)
+	}
+	dv, err := e.d.Attach(context.Background(), "lab", AttachRequest{QMP: e.qmpPath, As: KindNVDIMM})
+	if err != nil || dv.Attached == nil || dv.Kind != KindNVDIMM {
+		t.Fatalf("nvdimm attach after the refusals: %+v %v", dv, err)
+	}
+	if calls := e.vm.callList(); calls[0] != "object-add" || e.vm.args[1]["driver"] != "nvdimm" {
+		t.Fatalf("nvdimm attach: calls %v", calls)
 	}
 }

@@ -265,7 +265,7 @@ func TestQEMUAttachFailuresLeaveNoResidue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = rd.c.Attach(ctx, "c", AttachRequest{QMP: vm.daemonQMP, As: KindVirtioPMEM})
+	_, err = rd.c.Attach(ctx, "c", AttachRequest{QMP: vm.daemonQMP, As: KindNVDIMM})
 	if !errors.As(err, &re) || re.Code != "locked" {
 		t.Fatalf("attach of a locked backing: %v", err)
 	}
