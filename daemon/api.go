@@ -25,12 +25,19 @@ import (
 // APIError is the JSON body of every failed control-API request.
 type APIError struct {
 	// Code is a stable machine-readable category. 400: invalid (a
-	// malformed or impossible request), bad_layout (a size or label size
-	// memfile's layout refuses); 403: confinement (backing path outside
-	// the backing directories), forbidden (peer not allowed); 404:
-	// not_found; 405: method_not_allowed (the Allow header lists the
-	// route's methods); 409: exists, conflict, locked, qemu_refused;
-	// 500: internal (I/O and other server-side failures).
+	// malformed or impossible request, or a QMP socket with no VM's
+	// monitor behind it), bad_layout (a size or label size memfile's
+	// layout or the filesystem refuses); 403: confinement (backing path
+	// outside the backing directories), forbidden (peer not allowed);
+	// 404: not_found; 405: method_not_allowed (the Allow header lists the
+	// route's methods); 409: exists, conflict (the request contradicts
+	// the existing backing or registry), locked, qemu_refused; 422:
+	// unusable_backing (an existing backing or image file that cannot be
+	// used as it is: gone, not a backing, a bad metadata record); 500:
+	// internal (I/O and other server-side failures); 503: unavailable
+	// (the daemon is shutting down); 504: timeout (QEMU or the guest did
+	// not answer within the daemon's timeout); 507: no_space (no room for
+	// a new backing).
 	Code string `json:"code"`
 	// Error is the human-readable explanation.
 	Error string `json:"error"`
@@ -311,6 +318,14 @@ func writeErr(w http.ResponseWriter, err error) int {
 		code, e.Code = http.StatusBadRequest, "bad_layout"
 	case errors.Is(err, ErrInvalid):
 		code, e.Code = http.StatusBadRequest, "invalid"
+	case errors.Is(err, ErrUnusableBacking):
+		code, e.Code = http.StatusUnprocessableEntity, "unusable_backing"
+	case errors.Is(err, ErrNoSpace):
+		code, e.Code = http.StatusInsufficientStorage, "no_space"
+	case errors.Is(err, ErrUnavailable):
+		code, e.Code = http.StatusServiceUnavailable, "unavailable"
+	case errors.Is(err, context.DeadlineExceeded):
+		code, e.Code = http.StatusGatewayTimeout, "timeout"
 	default:
 		e.Code = "internal"
 	}

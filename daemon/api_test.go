@@ -6,16 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
 // serve runs the control API on a real Unix socket and returns a client.
@@ -240,5 +246,214 @@ func TestAPIErrorStatuses(t *testing.T) {
 	// The client surfaces the status and code.
 	if _, err := os.Stat(filepath.Join(backDir, "d2.img")); err == nil {
 		t.Error("a refused create left a backing behind")
+	}
+}
+
+// TestAPIUserErrorStatuses: every user mistake the production backings,
+// registry and attach flow can meet comes back through the HTTP handler as
+// a 4xx with a stable code and a message naming what was wrong; none is
+// "internal".
+func TestAPIUserErrorStatuses(t *testing.T) {
+	stateDir := t.TempDir()
+	backDir := filepath.Join(stateDir, "backings")
+	d, err := New(Config{StateDir: stateDir, Backings: MemfileBackings{}, DialQMP: DialQMP,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close(context.Background()) })
+	h := d.Handler()
+	bp := func(n string) string { return filepath.Join(backDir, n) }
+	write := func(p string, size int64) {
+		t.Helper()
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(p, size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mcreate := func(p string, o memfile.CreateOptions) {
+		t.Helper()
+		b, err := memfile.Create(p, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+	}
+	// Existing files that are not usable backings.
+	write(bp("small.img"), 1<<20) // no metadata; below the 2 MiB alignment
+	write(bp("badmeta.img"), 16<<20)
+	if err := os.WriteFile(memfile.MetaPath(bp("badmeta.img")), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mcreate(bp("resized.img"), memfile.CreateOptions{Size: 16 << 20})
+	if err := os.Truncate(bp("resized.img"), 18<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(bp("adir"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(bp("fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mcreate(bp("ro.img"), memfile.CreateOptions{Size: 16 << 20, ReadOnly: true})
+	// Devices to attach: a labelled one, and one whose backing goes away.
+	for _, b := range []string{`{"name":"lab","backing":%q,"size":16777216,"label_size":131072}`, `{"name":"gone","backing":%q,"size":16777216}`} {
+		var name struct{ Name string }
+		_ = json.Unmarshal([]byte(fmt.Sprintf(b, "x")), &name)
+		if w := apiDo(h, "POST", "/v1/devices", fmt.Sprintf(b, bp(name.Name+".img"))); w.Code != http.StatusCreated {
+			t.Fatalf("create %s: %d %s", name.Name, w.Code, w.Body)
+		}
+	}
+	if err := memfile.Remove(bp("gone.img")); err != nil {
+		t.Fatal(err)
+	}
+	// QMP sockets with no VM's monitor behind them.
+	sockDir := t.TempDir()
+	plain := filepath.Join(sockDir, "plain")
+	write(plain, 0)
+	stale := listenDummy(t, filepath.Join(sockDir, "stale.qmp")) // bound, not listening
+	notQMP := filepath.Join(sockDir, "ssh.qmp")
+	ln, err := net.Listen("unix", notQMP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n"))
+			c.Close()
+		}
+	}()
+
+	create := func(name, backing, extra string) string {
+		return fmt.Sprintf(`{"name":%q,"backing":%q%s}`, name, backing, extra)
+	}
+	attach := func(qmp, as string) string { return fmt.Sprintf(`{"qmp":%q,"as":%q}`, qmp, as) }
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		code, want               string
+	}{
+		// Create: request mistakes.
+		{"bad name", "POST", "/v1/devices", create("-x", bp("x.img"), `,"size":16777216`), 400, "invalid", `device name \"-x\"`},
+		{"long name", "POST", "/v1/devices", create(strings.Repeat("n", 65), bp("x.img"), `,"size":16777216`), 400, "invalid", "1 to 64 characters"},
+		{"bad mode", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":16777216,"label_size":131072,"namespace":"n","mode":"dax"`), 400, "invalid", `mode \"dax\"`},
+		{"namespace without mode", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":16777216,"label_size":131072,"namespace":"n"`), 400, "invalid", "needs a mode"},
+		{"slot without namespace", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":16777216,"slot":1`), 400, "invalid", "slot is only meaningful"},
+		{"small label", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":16777216,"label_size":4096`), 400, "invalid", "at least 128 KiB"},
+		{"no size", "POST", "/v1/devices", create("x", bp("x.img"), ``), 400, "invalid", "no size was given"},
+		{"bad size", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":3145728`), 400, "bad_layout", "not a multiple of"},
+		{"image without catalog", "POST", "/v1/devices", `{"name":"x","image":"base"}`, 400, "invalid", "no image catalog"},
+		{"confinement", "POST", "/v1/devices", create("x", "/etc/x.img", `,"size":16777216`), 403, "confinement", `backing path \"/etc/x.img\" refused`},
+		{"relative backing", "POST", "/v1/devices", create("x", "x.img", `,"size":16777216`), 403, "confinement", "must be absolute"},
+		// Create: existing files that are not usable backings.
+		{"no metadata, too small", "POST", "/v1/devices", create("x", bp("small.img"), ``), 422, "unusable_backing", "below the align"},
+		{"garbage metadata", "POST", "/v1/devices", create("x", bp("badmeta.img"), ``), 422, "unusable_backing", filepath.Base(memfile.MetaPath(bp("badmeta.img")))},
+		{"resized", "POST", "/v1/devices", create("x", bp("resized.img"), ``), 422, "unusable_backing", "resized outside"},
+		{"directory", "POST", "/v1/devices", create("x", bp("adir"), ``), 422, "unusable_backing", "is a directory"},
+		{"fifo", "POST", "/v1/devices", create("x", bp("fifo"), ``), 422, "unusable_backing", "named pipe"},
+		// Create: the existing backing contradicts the request.
+		{"writable of read-only", "POST", "/v1/devices", create("x", bp("ro.img"), ``), 409, "conflict", "refusing a writable device"},
+		{"backing registered", "POST", "/v1/devices", create("x", bp("lab.img"), `,"size":33554432`), 409, "conflict", "already registered"},
+		{"namespace in existing", "POST", "/v1/devices", create("x", bp("ro.img"), `,"label_size":131072,"namespace":"n","mode":"raw"`), 409, "conflict", "only provisioned in a backing created now"},
+		{"name taken", "POST", "/v1/devices", create("lab", bp("y.img"), `,"size":16777216`), 409, "exists", "already exists"},
+		// Attach.
+		{"unknown device", "POST", "/v1/devices/nope/attach", attach(stale, "nvdimm"), 404, "not_found", "no such device"},
+		{"bad kind", "POST", "/v1/devices/lab/attach", attach(stale, "dimm"), 400, "invalid", "want nvdimm"},
+		{"relative QMP", "POST", "/v1/devices/lab/attach", attach("vm.qmp", "nvdimm"), 400, "invalid", "absolute"},
+		{"labelled as virtio-pmem", "POST", "/v1/devices/lab/attach", attach(stale, "virtio-pmem"), 400, "invalid", "128 KiB label area"},
+		{"vhost-user unsupported", "POST", "/v1/devices/gone/attach", attach(stale, "vhost-user"), 400, "invalid", "no vhost-user server support"},
+		{"backing gone", "POST", "/v1/devices/gone/attach", attach(stale, "nvdimm"), 422, "unusable_backing", "no such file"},
+		{"QMP missing", "POST", "/v1/devices/lab/attach", attach(filepath.Join(sockDir, "none.qmp"), "nvdimm"), 400, "invalid", "no such file"},
+		{"QMP not a socket", "POST", "/v1/devices/lab/attach", attach(plain, "nvdimm"), 400, "invalid", "not a Unix socket (it is a regular file)"},
+		{"QMP nobody listening", "POST", "/v1/devices/lab/attach", attach(stale, "nvdimm"), 400, "invalid", "connection refused"},
+		{"QMP not QMP", "POST", "/v1/devices/lab/attach", attach(notQMP, "nvdimm"), 400, "invalid", notQMP},
+		// Detach and delete.
+		{"detach unattached", "POST", "/v1/devices/lab/detach", "", 409, "conflict", "not attached"},
+		{"delete unknown", "DELETE", "/v1/devices/nope", "", 404, "not_found", "no such device"},
+		{"bad purge", "DELETE", "/v1/devices/lab?purge=maybe", "", 400, "invalid", "purge"},
+	}
+	for _, c := range cases {
+		w := apiDo(h, c.method, c.path, c.body)
+		var e APIError
+		if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil {
+			t.Errorf("%s: body %s: %v", c.name, w.Body, err)
+			continue
+		}
+		if w.Code != c.status || e.Code != c.code || !strings.Contains(w.Body.String(), c.want) {
+			t.Errorf("%s: %s %s: %d %s; want %d %q containing %q", c.name, c.method, c.path, w.Code, w.Body, c.status, c.code, c.want)
+		}
+		t.Logf("%s: %d %s: %s", c.name, w.Code, e.Code, e.Error)
+	}
+	for _, n := range []string{"lab", "gone"} {
+		if g, err := d.Get(n); err != nil || g.Attached != nil {
+			t.Errorf("%s after the refusals: %+v %v", n, g, err)
+		}
+	}
+	assertMemfileUnlocked(t, bp("lab.img"))
+	if list := d.List(); len(list) != 2 {
+		t.Errorf("refused creates registered devices: %+v", list)
+	}
+	if _, err := os.Stat(bp("x.img")); err == nil {
+		t.Error("a refused create left a backing behind")
+	}
+}
+
+// TestAPIServerSideStatuses: failures that are not the user's are 5xx with
+// their own codes: a daemon shutting down 503, QEMU not answering within
+// the timeout 504, no space 507, and any other I/O error 500.
+func TestAPIServerSideStatuses(t *testing.T) {
+	// Timeout: the vhost-user chardev never connects.
+	e := newEnv(t)
+	e.createPlain("vu0")
+	e.vm.neverConnect = true
+	e.d.cfg.Timeout = 200 * time.Millisecond
+	w := e.do("POST", "/v1/devices/vu0/attach", fmt.Sprintf(`{"qmp":%q,"as":"vhost-user"}`, e.qmpPath))
+	if w.Code != http.StatusGatewayTimeout || !strings.Contains(w.Body.String(), `"code": "timeout"`) || !strings.Contains(w.Body.String(), "did not connect") {
+		t.Errorf("timeout: %d %s", w.Code, w.Body)
+	}
+	// Shutting down: the daemon is closed while a request reaches QMP.
+	e2 := newEnv(t)
+	e2.create("pm0")
+	h := e2.d.Handler()
+	_ = e2.d.Close(context.Background())
+	w = apiDo(h, "POST", "/v1/devices/pm0/attach", fmt.Sprintf(`{"qmp":%q,"as":"nvdimm"}`, e2.qmpPath))
+	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), `"code": "unavailable"`) {
+		t.Errorf("shutting down: %d %s", w.Code, w.Body)
+	}
+	// The categories of system errors, as memfile and qmp wrap them.
+	pe := func(op string, errno syscall.Errno) error {
+		return fmt.Errorf("create /b/x.img: %w", &fs.PathError{Op: op, Path: "/b/x.img", Err: errno})
+	}
+	for _, c := range []struct {
+		name   string
+		err    error
+		status int
+		code   string
+	}{
+		{"create ENOSPC", createErr(pe("fallocate", syscall.ENOSPC)), 507, "no_space"},
+		{"create EDQUOT", createErr(pe("write", syscall.EDQUOT)), 507, "no_space"},
+		{"create EFBIG", createErr(pe("truncate", syscall.EFBIG)), 400, "bad_layout"},
+		{"create EIO", createErr(pe("fsync", syscall.EIO)), 500, "internal"},
+		{"create refusal", createErr(errors.New("create /b/x.img: already exists as a directory")), 409, "conflict"},
+		{"open EIO", backingErr(pe("read", syscall.EIO)), 500, "internal"},
+		{"open EACCES", backingErr(pe("open", syscall.EACCES)), 422, "unusable_backing"},
+		{"open locked", backingErr(fmt.Errorf("/b/x.img: %w", memfile.ErrLocked)), 409, "locked"},
+		{"provision refusal", provisionErr(errors.New("/b/x.img: name too long")), 400, "invalid"},
+		{"provision EIO", provisionErr(pe("pwrite", syscall.EIO)), 500, "internal"},
+		{"QMP EMFILE", qmpErr(pe("socket", syscall.EMFILE)), 500, "internal"},
+		{"QMP timeout", qmpErr(fmt.Errorf("QMP socket /b/x.img: greeting: %w", context.DeadlineExceeded)), 504, "timeout"},
+	} {
+		w := httptest.NewRecorder()
+		// The message is the error's own text, unprefixed.
+		if got := writeErr(w, c.err); got != c.status || !strings.Contains(w.Body.String(), `"code": "`+c.code+`"`) || !strings.Contains(w.Body.String(), `"error": "`+c.err.Error()[:8]) {
+			t.Errorf("%s: %d %s, want %d %q", c.name, got, w.Body, c.status, c.code)
+		}
 	}
 }

@@ -373,21 +373,28 @@ func (d *Daemon) session(ctx context.Context, path string) (*vmSession, bool, er
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, false, fmt.Errorf("QMP socket %s: %w", path, err)
+		return nil, false, qmpErr(fmt.Errorf("QMP socket %s: %w", path, err))
 	}
 	if fi.Mode()&os.ModeSocket == 0 {
-		return nil, false, fmt.Errorf("QMP socket %s: not a Unix socket (%s)", path, fi.Mode().Type())
+		what := "a " + fi.Mode().Type().String()
+		switch {
+		case fi.Mode().IsRegular():
+			what = "a regular file"
+		case fi.IsDir():
+			what = "a directory"
+		}
+		return nil, false, tag(ErrInvalid, fmt.Errorf("QMP socket %s: not a Unix socket (it is %s)", path, what))
 	}
 	conn, err := d.cfg.DialQMP(ctx, path)
 	if err != nil {
-		return nil, false, fmt.Errorf("QMP socket %s: %w", path, err)
+		return nil, false, qmpErr(fmt.Errorf("QMP socket %s: %w", path, err))
 	}
 	s := &vmSession{path: path, conn: conn}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		_ = conn.Close()
-		return nil, false, errors.New("daemon is shutting down")
+		return nil, false, ErrUnavailable
 	}
 	d.sessions[path] = s
 	d.mu.Unlock()

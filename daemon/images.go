@@ -63,24 +63,24 @@ func (c CatalogImages) Prepare(ctx context.Context, name string) (ImageInfo, err
 	}
 	b, err := c.Catalog.Open(name)
 	if err != nil {
-		return ImageInfo{}, lockedErr(err)
+		return ImageInfo{}, backingErr(lockedErr(err))
 	}
 	defer b.Close()
 	l := b.Layout()
 	if l.LabelSize != 0 {
-		return ImageInfo{}, fmt.Errorf("image %s: %s has a %s label area; images are label-less", name, im.Path, memfile.FormatSize(l.LabelSize))
+		return ImageInfo{}, tag(ErrUnusableBacking, fmt.Errorf("image %s: %s has a %s label area; images are label-less", name, im.Path, memfile.FormatSize(l.LabelSize)))
 	}
 	args, err := c.Catalog.QEMUArgs(name, memfile.QEMUArgOptions{ID: "nv0", Slot: -1}, false)
 	if err != nil {
-		return ImageInfo{}, err
+		return ImageInfo{}, backingErr(err)
 	}
 	info, err := imageInfoFromArgs(args)
 	if err != nil {
-		return ImageInfo{}, fmt.Errorf("image %s: %w", name, err)
+		return ImageInfo{}, tag(ErrUnusableBacking, fmt.Errorf("image %s: %w", name, err))
 	}
 	if info.BackingSize != b.Size() || info.Align != l.Align {
-		return ImageInfo{}, fmt.Errorf("image %s: the catalog's QEMU arguments give size %d and align %d, the file %s has %d and %d: run image verify",
-			name, info.BackingSize, info.Align, im.Path, b.Size(), l.Align)
+		return ImageInfo{}, tag(ErrUnusableBacking, fmt.Errorf("image %s: the catalog's QEMU arguments give size %d and align %d, the file %s has %d and %d: run image verify",
+			name, info.BackingSize, info.Align, im.Path, b.Size(), l.Align))
 	}
 	info.Size = l.GuestSize
 	return ImageInfo{Path: im.Path, BackingInfo: info}, nil
@@ -90,7 +90,7 @@ func (c CatalogImages) Prepare(ctx context.Context, name string) (ImageInfo, err
 func (c CatalogImages) Lock(name, path string, size uint64) (io.Closer, error) {
 	b, err := c.Catalog.Open(name)
 	if err != nil {
-		return nil, lockedErr(err)
+		return nil, backingErr(lockedErr(err))
 	}
 	if b.Path() != path || b.Size() != size {
 		b.Close()

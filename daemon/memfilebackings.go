@@ -17,17 +17,12 @@ import (
 // label area); the control API answers it with 400 "bad_layout".
 var ErrBadLayout = errors.New("bad layout")
 
-// layoutError is a memfile layout refusal: its text unchanged, matching
-// ErrBadLayout.
-type layoutError struct{ err error }
-
-func (e layoutError) Error() string        { return e.err.Error() }
-func (e layoutError) Unwrap() error        { return e.err }
-func (e layoutError) Is(target error) bool { return target == ErrBadLayout }
-
 // MemfileBackings is the production Backings: backings are created and
 // opened with memfile/, and locked with memfile's OFD locks (shared for
-// read-only use, exclusive otherwise).
+// read-only use, exclusive otherwise). Its errors are in the categories
+// the control API maps to statuses: an existing file that is not a usable
+// backing is ErrUnusableBacking, a request the existing backing
+// contradicts ErrConflict, a size memfile refuses ErrBadLayout.
 type MemfileBackings struct {
 	// Provision writes namespace labels into a just-created backing; nil
 	// refuses requests that name a namespace.
@@ -44,10 +39,10 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		// memfile.Create computes the same layout; refusing it here
 		// tells a bad request from a failure to create the file.
 		if _, err := memfile.ComputeLayout(s.Size, s.LabelSize, memfile.DefaultAlign); err != nil {
-			return BackingInfo{}, layoutError{err}
+			return BackingInfo{}, tag(ErrBadLayout, err)
 		}
 		if s.Namespace != "" && m.Provision == nil {
-			return BackingInfo{}, errors.New("namespace provisioning is not available in this build")
+			return BackingInfo{}, fmt.Errorf("%w: namespace provisioning is not available in this build", ErrInvalid)
 		}
 		// The path is confined, so its missing parents are inside a
 		// backing directory.
@@ -56,14 +51,14 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		}
 		b, err := memfile.Create(s.Path, memfile.CreateOptions{Size: s.Size, LabelSize: s.LabelSize, ReadOnly: s.ReadOnly, Context: ctx})
 		if err != nil {
-			return BackingInfo{}, err
+			return BackingInfo{}, createErr(err)
 		}
 		defer b.Close()
 		if s.Namespace != "" {
 			if err := m.Provision(b, s.Namespace, s.Mode, s.Slot); err != nil {
 				b.Close()
 				_ = memfile.Remove(s.Path)
-				return BackingInfo{}, fmt.Errorf("provisioning namespace %q: %w", s.Namespace, err)
+				return BackingInfo{}, provisionErr(fmt.Errorf("provisioning namespace %q: %w", s.Namespace, err))
 			}
 		}
 		info := infoOf(b)
@@ -75,14 +70,14 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		return info, nil
 	}
 	if err != nil {
-		return BackingInfo{}, err
+		return BackingInfo{}, backingErr(err)
 	}
 	if s.Namespace != "" {
 		return BackingInfo{}, fmt.Errorf("%w: %s exists: a namespace is only provisioned in a backing created now", ErrConflict, s.Path)
 	}
 	b, err := memfile.Open(s.Path, memfile.OpenOptions{ReadOnly: s.ReadOnly, LabelSize: s.LabelSize})
 	if err != nil {
-		return BackingInfo{}, err
+		return BackingInfo{}, backingErr(err)
 	}
 	defer b.Close()
 	info := infoOf(b)
@@ -94,9 +89,9 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 	}
 	if r := b.Meta().ReadOnlyReason(); r != "" && !s.ReadOnly {
 		if b.Meta().Image != "" {
-			return BackingInfo{}, fmt.Errorf("refusing a writable device: %s; a device from the catalog takes --image %s", r, b.Meta().Image)
+			return BackingInfo{}, tag(ErrConflict, fmt.Errorf("refusing a writable device: %s; a device from the catalog takes --image %s", r, b.Meta().Image))
 		}
-		return BackingInfo{}, fmt.Errorf("refusing a writable device: %s: register it with --readonly", r)
+		return BackingInfo{}, tag(ErrConflict, fmt.Errorf("refusing a writable device: %s: register it with --readonly", r))
 	}
 	return info, nil
 }
@@ -115,7 +110,7 @@ func infoOf(b *memfile.Backing) BackingInfo {
 func (MemfileBackings) Lock(path string, readOnly bool) (io.Closer, error) {
 	b, err := memfile.Open(path, memfile.OpenOptions{ReadOnly: readOnly})
 	if err != nil {
-		return nil, err
+		return nil, backingErr(err)
 	}
 	kind := memfile.LockExclusive
 	if readOnly {

@@ -54,7 +54,7 @@ func newServeCmd() *cobra.Command {
 				Writeback: daemon.FileWriteback(reg, writeback, slog.Default()),
 				Backings: daemon.MemfileBackings{Provision: func(b *memfile.Backing, ns, mode string, slot int) error {
 					if provisionNamespace == nil {
-						return errors.New("namespace labels are not supported by this build")
+						return fmt.Errorf("%w: namespace labels are not supported by this build", daemon.ErrInvalid)
 					}
 					_, err := provisionNamespace(cmd, b, namespaceRequest{Name: ns, Mode: mode, Slot: slot})
 					return err
