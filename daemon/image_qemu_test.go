@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,32 +11,7 @@ import (
 	"time"
 
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
-	"github.com/nvdimm-backend/nvdimm-backend/qmp"
 )
-
-// startRealImageDaemon is startRealDaemon with the image catalog at
-// <stateDir>/images.
-func startRealImageDaemon(t *testing.T, stateDir string, cat *memfile.Catalog) *realDaemon {
-	t.Helper()
-	d, err := New(Config{
-		StateDir: stateDir, Backings: MemfileBackings{}, Images: CatalogImages{Catalog: cat}, DialQMP: DialQMP,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Timeout: 20 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Recover(context.Background())
-	sock := filepath.Join(stateDir, "control.sock")
-	l, err := ListenControl(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	rd := &realDaemon{d: d, c: NewClient(sock), cancel: cancel, done: make(chan error, 1)}
-	go func() { rd.done <- d.Serve(ctx, l) }()
-	t.Cleanup(rd.stop)
-	return rd
-}
 
 // mappingPerms returns the permissions of QEMU's mappings of path, from
 // /proc/PID/maps ("r--s" is a read-only shared mapping).
@@ -83,7 +56,7 @@ func TestQEMUImageSharedByTwoVMs(t *testing.T) {
 	if _, err := cat.Add("base", img, memfile.ImageOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rd := startRealImageDaemon(t, stateDir, cat)
+	rd := startRealDaemon(t, stateDir, withImages(cat))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
@@ -140,12 +113,7 @@ func TestQEMUImageSharedByTwoVMs(t *testing.T) {
 	}
 
 	// VM 1 exits: its device is released; VM 2 still holds the image.
-	quit := func(vm *realVM) {
-		if err := vm.mon.Execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, qmp.ErrClosed) {
-			t.Logf("quit: %v", err)
-		}
-	}
-	quit(vm1)
+	vm1.quit(t, ctx)
 	waitFor(t, func() bool { dv, err := rd.c.Get(ctx, "base-vm1"); return err == nil && dv.Attached == nil })
 	if dv, _ := rd.c.Get(ctx, "base-vm2"); dv.Attached == nil {
 		t.Fatal("base-vm2 released with VM 1")
@@ -153,7 +121,7 @@ func TestQEMUImageSharedByTwoVMs(t *testing.T) {
 	if st, _ := cat.Status("base"); st.LockedBy != "shared" {
 		t.Fatalf("image lock with VM 2 left: %q", st.LockedBy)
 	}
-	quit(vm2)
+	vm2.quit(t, ctx)
 	waitFor(t, func() bool { dv, err := rd.c.Get(ctx, "base-vm2"); return err == nil && dv.Attached == nil })
 	if st, _ := cat.Status("base"); st.LockedBy != "none" {
 		t.Fatalf("image lock after both VMs exited: %q", st.LockedBy)
