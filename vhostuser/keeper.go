@@ -31,6 +31,7 @@ import (
 // Keeper control requests, framed like vhost-user messages on the keeper
 // socket; every other request number is a journalled front-end message.
 const (
+	keeperReqBase = 0xff00 // the lowest keeper request number
 	keeperReqConn = 0xff00 // server -> keeper, one fd: the front-end connection; keeper -> server: the same
 	keeperReqGet  = 0xff01 // server -> keeper: send the connection and the journal
 	keeperReqEnd  = 0xff02 // keeper -> server: end of the journal
@@ -46,6 +47,18 @@ const keeperNoConnTimeout = 30 * time.Second
 type Keeper struct {
 	Path  string
 	Start func(path string) error
+	// JournalLimit is the number of records (or descriptors) the
+	// server appends to the keeper's journal before it compacts it; 0
+	// means DefaultJournalLimit. The journal is also compacted at every
+	// takeover.
+	JournalLimit int
+}
+
+func (k Keeper) journalLimit() int {
+	if k.JournalLimit > 0 {
+		return k.JournalLimit
+	}
+	return DefaultJournalLimit
 }
 
 // SetKeeper enables the keeper; call it before Serve.
@@ -110,12 +123,40 @@ func RunKeeper(path string, log *slog.Logger) error {
 	serve := func(c *net.UnixConn) {
 		defer c.Close()
 		mc := &msgConn{c: c, name: "keeper " + path}
+		// A replacement journal being received (keeperReqCompact up to
+		// keeperReqCommit); dropped unless committed.
+		var pending []journalEntry
+		compacting := false
+		defer func() {
+			for _, e := range pending {
+				closeFds(e.fds)
+			}
+		}()
 		for {
 			h, p, fds, err := mc.readMessage(false)
 			if err != nil {
 				return
 			}
 			switch h.Request {
+			case keeperReqCompact:
+				closeFds(fds)
+				for _, e := range pending {
+					closeFds(e.fds)
+				}
+				pending, compacting = nil, true
+			case keeperReqCommit:
+				closeFds(fds)
+				if !compacting {
+					continue
+				}
+				mu.Lock()
+				for _, e := range journal {
+					closeFds(e.fds)
+				}
+				journal, pending, compacting = pending, nil, false
+				n := len(journal)
+				mu.Unlock()
+				log.Debug("keeper: journal compacted", "keeper", path, "records", n)
 			case keeperReqConn:
 				if len(fds) != 1 {
 					closeFds(fds)
@@ -160,6 +201,10 @@ func RunKeeper(path string, log *slog.Logger) error {
 				hupOnce.Do(func() { close(hup) })
 				return
 			default:
+				if compacting {
+					pending = append(pending, journalEntry{h: h, p: p, fds: fds})
+					continue
+				}
 				mu.Lock()
 				journal = append(journal, journalEntry{h: h, p: p, fds: fds})
 				mu.Unlock()
@@ -308,6 +353,7 @@ func (s *Server) fetchKeeper(k Keeper) (c *net.UnixConn, kc *msgConn, journal []
 func (s *Server) resume(ctx context.Context, c *net.UnixConn, kc *msgConn, journal []journalEntry) error {
 	sess := newSession(s, c)
 	sess.keeper = kc
+	sess.journalLimit = s.keeperConfig().journalLimit()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -323,7 +369,13 @@ func (s *Server) resume(ctx context.Context, c *net.UnixConn, kc *msgConn, journ
 	sess.replaying = true
 	var rerr error
 	for _, e := range journal {
-		if err := sess.dispatch(e.h, e.p, e.fds); err != nil {
+		var err error
+		if e.h.Request == keeperReqState {
+			err = sess.applyFlags(e.p)
+		} else {
+			err = sess.dispatch(e.h, e.p, e.fds)
+		}
+		if err != nil {
 			rerr = err
 			break
 		}
@@ -337,6 +389,8 @@ func (s *Server) resume(ctx context.Context, c *net.UnixConn, kc *msgConn, journ
 		err = fmt.Errorf("replaying %d messages from the keeper: %w", len(journal), rerr)
 	} else {
 		s.log.Info("vhost-user session taken over from the keeper", "messages", len(journal))
+		// The new process starts from a short journal.
+		sess.compactJournal()
 		err = sess.loop()
 	}
 	sess.teardown()
@@ -375,6 +429,15 @@ func (s *session) journal(h Header, p []byte, fds []int) {
 	if s.keeper == nil || s.replaying {
 		return
 	}
+	if h.Request >= keeperReqBase {
+		// Not a vhost-user request (dispatch refuses it without a
+		// state change), and the keeper would take it for one of its
+		// own: a front-end must not be able to make the keeper drop
+		// the connection or freeze its journal.
+		return
+	}
+	s.appended++
+	s.appendedFds += len(fds)
 	if err := s.keeper.writeMessage(h, p, fds); err != nil {
 		s.log.Warn("keeper: journalling failed; this connection will not survive a restart", "err", err)
 		s.keeper.c.Close()

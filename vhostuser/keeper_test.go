@@ -1,9 +1,13 @@
 package vhostuser
 
 import (
+	"bytes"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -94,5 +98,138 @@ func TestKeeperHoldsAndHandsOver(t *testing.T) {
 	}
 	if _, err := net.Dial("unix", path); err == nil {
 		t.Fatal("keeper socket still accepting")
+	}
+}
+
+// TestKeeperCompactionIsAtomic kills the compacting server at every step:
+// after keeperReqCompact and each record of the replacement the keeper
+// still hands over the old journal, and only after keeperReqCommit the
+// new one; a replacement never mixes with the old records.
+func TestKeeperCompactionIsAtomic(t *testing.T) {
+	rec := func(rt RequestType, p []byte, withFd bool) journalEntry {
+		e := journalEntry{h: Header{Request: uint32(rt), Flags: FlagVersion}, p: p}
+		if withFd {
+			fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.fds = []int{fd}
+		}
+		return e
+	}
+	kinds := func(j []journalEntry) []uint32 {
+		var out []uint32
+		for _, e := range j {
+			out = append(out, e.h.Request)
+		}
+		return out
+	}
+	oldJ := []journalEntry{rec(ReqSetOwner, nil, false), rec(ReqSetVringCall, u64(0), true), rec(ReqSetFeatures, u64(1<<32), false), rec(ReqSetVringKick, u64(0), true)}
+	newJ := []journalEntry{rec(ReqSetProtocolFeatures, u64(ProtoReplyAck), false), rec(ReqSetVringCall, u64(0), true), rec(keeperReqState, []byte{1, 0, 1, 0, 1}, false)}
+	defer func() {
+		for _, e := range append(oldJ, newJ...) {
+			closeFds(e.fds)
+		}
+	}()
+	for k := 0; k <= len(newJ)+1; k++ {
+		path := filepath.Join(t.TempDir(), "k.sock")
+		done := make(chan error, 1)
+		go func() { done <- RunKeeper(path, quietKeeperLog()) }()
+		waitListening(t, path)
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		front, _ := unixConnFromFd(fds[0], "front-end")
+		back, _ := unixConnFromFd(fds[1], "back-end")
+		s := &Server{}
+		kc, err := s.attachKeeper(Keeper{Path: path}, back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range oldJ {
+			if err := kc.writeMessage(e.h, e.p, e.fds); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The server dies after sending k steps of a compaction: the
+		// compact request, then records, then (k = len+1) the commit.
+		steps := []journalEntry{{h: Header{Request: keeperReqCompact, Flags: FlagVersion}}}
+		steps = append(steps, newJ...)
+		steps = append(steps, journalEntry{h: Header{Request: keeperReqCommit, Flags: FlagVersion}})
+		for _, e := range steps[:k+1] {
+			if err := kc.writeMessage(e.h, e.p, e.fds); err != nil {
+				t.Fatal(err)
+			}
+		}
+		kc.c.Close()
+		back.Close()
+		want := oldJ
+		if k == len(newJ)+1 {
+			want = newJ
+		}
+		// The keeper reads each channel on its own goroutine, so a fetch
+		// can overtake what it has not read yet: poll until the expected
+		// journal appears, then make sure it stays (no late change).
+		fetch := func() []journalEntry {
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				c, kc2, j, ok, err := s.fetchKeeper(Keeper{Path: path})
+				if err != nil {
+					t.Fatalf("k=%d: fetch: %v", k, err)
+				}
+				if ok {
+					c.Close()
+					kc2.c.Close()
+					if slices.Equal(kinds(j), kinds(want)) || time.Now().After(deadline) {
+						return j
+					}
+					for _, e := range j {
+						closeFds(e.fds)
+					}
+				} else if time.Now().After(deadline) {
+					t.Fatalf("k=%d: the keeper holds no connection", k)
+				}
+			}
+		}
+		got := fetch()
+		for _, e := range got {
+			closeFds(e.fds)
+		}
+		time.Sleep(50 * time.Millisecond)
+		got = fetch()
+		if !slices.Equal(kinds(got), kinds(want)) {
+			t.Fatalf("k=%d: journal %#x, want %#x", k, kinds(got), kinds(want))
+		}
+		for i, e := range got {
+			if !bytes.Equal(e.p, want[i].p) || len(e.fds) != len(want[i].fds) {
+				t.Fatalf("k=%d: record %d: payload %x with %d fds, want %x with %d", k, i, e.p, len(e.fds), want[i].p, len(want[i].fds))
+			}
+			closeFds(e.fds)
+		}
+		front.Close()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("keeper did not exit after the front-end hung up")
+		}
+	}
+}
+
+func quietKeeperLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func waitListening(t *testing.T, path string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return
+		}
+		if i > 500 {
+			t.Fatal("keeper did not listen")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

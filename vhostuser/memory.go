@@ -18,17 +18,22 @@ type region struct {
 	MemRegion
 	whole []byte // the mmap, from file offset 0
 	data  []byte // whole[MmapOffset : MmapOffset+Size]
-	refs  atomic.Int64
+	// fd is a duplicate of the front-end's descriptor, kept so that a
+	// compacted keeper journal can describe the table (see snapshot).
+	fd   int
+	refs atomic.Int64
 }
 
 func (r *region) release() {
 	if r.refs.Add(-1) == 0 && r.whole != nil {
 		unix.Munmap(r.whole)
-		r.whole, r.data = nil, nil
+		unix.Close(r.fd)
+		r.whole, r.data, r.fd = nil, nil, -1
 	}
 }
 
-// mapRegion maps a region from fd (which the caller closes).
+// mapRegion maps a region from fd (which the caller closes; the region
+// keeps a duplicate).
 func mapRegion(m MemRegion, fd int) (*region, error) {
 	if err := checkRegion(m); err != nil {
 		return nil, err
@@ -41,7 +46,12 @@ func mapRegion(m MemRegion, fd int) (*region, error) {
 	if err != nil {
 		return nil, fmt.Errorf("region gpa %#x size %#x: mmap: %w", m.GPA, m.Size, err)
 	}
-	r := &region{MemRegion: m, whole: whole, data: whole[m.MmapOffset:total:total]}
+	dfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Munmap(whole)
+		return nil, fmt.Errorf("region gpa %#x: duplicating its fd: %w", m.GPA, err)
+	}
+	r := &region{MemRegion: m, whole: whole, data: whole[m.MmapOffset:total:total], fd: dfd}
 	r.refs.Store(1)
 	return r, nil
 }

@@ -235,6 +235,7 @@ func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) error {
 			s.log.Warn("keeper: not available; this connection will not survive a restart", "err", err)
 		}
 		sess.keeper = kc
+		sess.journalLimit = k.journalLimit()
 	}
 	s.Stats.Connections.Add(1)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
@@ -275,18 +276,30 @@ type session struct {
 
 	inflight      []byte // mapping of the inflight area
 	inflightQSize uint16
-	mapped        bool // SHMEM_MAP sent for the current start
+	// inflightFd is a duplicate of the area's fd and inflightSize,
+	// inflightOff and inflightNQ its SET_INFLIGHT_FD values, kept for
+	// snapshot (valid while inflight is set).
+	inflightFd   int
+	inflightSize uint64
+	inflightOff  uint64
+	inflightNQ   uint16
+	mapped       bool // SHMEM_MAP sent for the current start
 	// keeper receives every front-end message (nil: no keeper);
 	// replaying is set while a journal from the keeper is replayed:
 	// nothing is answered, mapped or started then.
 	keeper    *msgConn
 	replaying bool
-	mapWG     sync.WaitGroup
+	// appended counts the records (and the fds they carry) sent to the
+	// keeper since its journal was last compacted; journalLimit is the
+	// count that triggers the next compaction.
+	appended, appendedFds int
+	journalLimit          int
+	mapWG                 sync.WaitGroup
 }
 
 func newSession(s *Server, c *net.UnixConn) *session {
 	ctx, cancel := context.WithCancel(context.Background())
-	sess := &session{srv: s, conn: msgConn{c: c, name: "vhost-user socket"}, log: s.log, ctx: ctx, cancel: cancel}
+	sess := &session{srv: s, conn: msgConn{c: c, name: "vhost-user socket"}, log: s.log, ctx: ctx, cancel: cancel, inflightFd: -1}
 	for i := 0; i < s.backend.NumQueues(); i++ {
 		sess.queues = append(sess.queues, &queue{s: sess, index: i})
 	}
@@ -324,6 +337,9 @@ func (s *session) loop() error {
 		s.journal(h, payload, fds)
 		if err := s.dispatch(h, payload, fds); err != nil {
 			return err
+		}
+		if s.keeper != nil && (s.appended >= s.journalLimit || s.appendedFds >= s.journalLimit) {
+			s.compactJournal()
 		}
 	}
 }
@@ -892,7 +908,7 @@ func (s *session) getInflightFd(p InflightPayload) ([]byte, []int, error) {
 		return fail(err)
 	}
 	unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL)
-	if err := s.installInflight(fd, size, 0, p.QueueSize); err != nil {
+	if err := s.installInflight(fd, size, 0, p.NumQueues, p.QueueSize); err != nil {
 		// A started ring keeps its area; the front-end installs the new
 		// one with SET_INFLIGHT_FD at its next start.
 		s.log.Debug("GET_INFLIGHT_FD: area not installed now", "err", err)
@@ -909,13 +925,13 @@ func (s *session) setInflightFd(p InflightPayload, fd int) error {
 	if p.MmapSize < need {
 		return fmt.Errorf("SET_INFLIGHT_FD: area of %d bytes is smaller than the %d needed for %d queues of %d", p.MmapSize, need, p.NumQueues, p.QueueSize)
 	}
-	if err := s.installInflight(fd, p.MmapSize, p.MmapOffset, p.QueueSize); err != nil {
+	if err := s.installInflight(fd, p.MmapSize, p.MmapOffset, p.NumQueues, p.QueueSize); err != nil {
 		return fmt.Errorf("SET_INFLIGHT_FD: %w", err)
 	}
 	return nil
 }
 
-func (s *session) installInflight(fd int, size, off uint64, qsize uint16) error {
+func (s *session) installInflight(fd int, size, off uint64, nq, qsize uint16) error {
 	for _, q := range s.queues {
 		q.mu.Lock()
 		started := q.started
@@ -931,8 +947,14 @@ func (s *session) installInflight(fd int, size, off uint64, qsize uint16) error 
 	if err != nil {
 		return fmt.Errorf("mmap: %w", err)
 	}
+	dfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Munmap(m)
+		return fmt.Errorf("duplicating the area's fd: %w", err)
+	}
 	s.dropInflight()
 	s.inflight, s.inflightQSize = m, qsize
+	s.inflightFd, s.inflightSize, s.inflightOff, s.inflightNQ = dfd, size, off, nq
 	rs := InflightQueueRegionSize(qsize)
 	for i, q := range s.queues {
 		lo := uint64(i) * rs
@@ -953,7 +975,8 @@ func (s *session) dropInflight() {
 	}
 	if s.inflight != nil {
 		unix.Munmap(s.inflight)
-		s.inflight = nil
+		unix.Close(s.inflightFd)
+		s.inflight, s.inflightFd = nil, -1
 	}
 }
 
