@@ -11,10 +11,12 @@ LDFLAGS := -X main.version=$(VERSION)
 
 all: build
 
+# The binary is static (no cgo): the same file runs on the host and,
+# copied in, inside the test guests.
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvdimm-backend
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvdimm-backend
 
-# A static binary, for copying into guests.
+# A stripped static binary, for copying into guests.
 static:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS) -s -w' -o bin/nvdimm-backend-static ./cmd/nvdimm-backend
 
@@ -57,8 +59,8 @@ bench-flush:
 bench-guest:
 	NVDIMM_BENCH_GUEST=1 $(GO) test -count=1 -tags integration -timeout 60m -run '^TestBenchGuest$$' -v ./integration/qemu/
 
-demo: build
-	@./scripts/demo.sh
+demo:
+	@./scripts/demo.sh   # builds bin/nvdimm-backend itself, beside the package install
 
 clean:
 	rm -rf bin

@@ -15,11 +15,19 @@ import (
 	"time"
 )
 
-// bootGuest boots vm (sharing a fresh directory), waits for it and returns
-// the result. It fails the test when QEMU or the boot fails; the script's
-// exit code is left for the caller (see mustBoot). On failure of the test,
-// the console log is saved under artifacts/<test>.log.
+// bootGuest boots vm on the host's QEMU (sharing a fresh directory),
+// waits for it and returns the result. It fails the test when QEMU or the
+// boot fails; the script's exit code is left for the caller (see
+// mustBoot). On failure of the test, the console log is saved under
+// artifacts/<test>.log.
 func bootGuest(t *testing.T, vm *VM) *Result {
+	t.Helper()
+	return bootGuestWith(t, nil, vm, BootOptions{})
+}
+
+// bootGuestWith is bootGuest with the QEMU q (nil: the host's) and boot
+// options o.
+func bootGuestWith(t *testing.T, q *QEMU, vm *VM, o BootOptions) *Result {
 	t.Helper()
 	ctx := context.Background()
 	kit, err := GetKit(ctx, t.Logf)
@@ -37,13 +45,13 @@ func bootGuest(t *testing.T, vm *VM) *Result {
 	share := t.TempDir()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	res, err := Boot(ctx, kit, accel, vm, share)
+	res, err := BootWith(ctx, kit, q, accel, vm, share, o)
 	if res != nil {
 		saveConsoleOnFailure(t, vm.Name, res.Console)
-		t.Logf("guest %s: %s, script exit %d, %s", vm.Name, accel, res.ExitCode, res.Elapsed.Round(100*time.Millisecond))
+		t.Logf("guest %s (%s): %s, script exit %d, %s", vm.Name, q, accel, res.ExitCode, res.Elapsed.Round(100*time.Millisecond))
 	}
 	if err != nil {
-		t.Fatalf("guest %s: %v\n--- console tail ---\n%s", vm.Name, err, tail(resConsole(res), 60))
+		t.Fatalf("guest %s: %v\n--- console tail ---\n%s", vm.Name, err, tail(resConsole(res), 80))
 	}
 	return res
 }
@@ -51,7 +59,13 @@ func bootGuest(t *testing.T, vm *VM) *Result {
 // mustBoot is bootGuest that also requires the guest script to exit 0.
 func mustBoot(t *testing.T, vm *VM) *Result {
 	t.Helper()
-	res := bootGuest(t, vm)
+	return mustBootWith(t, nil, vm, BootOptions{})
+}
+
+// mustBootWith is bootGuestWith that also requires the script to exit 0.
+func mustBootWith(t *testing.T, q *QEMU, vm *VM, o BootOptions) *Result {
+	t.Helper()
+	res := bootGuestWith(t, q, vm, o)
 	if res.ExitCode != 0 {
 		t.Fatalf("guest %s: script exited %d\n--- guest output ---\n%s", vm.Name, res.ExitCode, tail(res.Output, 80))
 	}

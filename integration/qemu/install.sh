@@ -54,8 +54,8 @@ if [ "${1:-}" = --print-backports-source ]; then
   exit
 fi
 
-need_cmds=(qemu-system-x86_64 busybox ndctl daxctl mke2fs depmod cpio zstd xz iasl dpkg-deb)
-pkgs=(busybox-static ndctl daxctl e2fsprogs kmod cpio zstd xz-utils acpica-tools)
+need_cmds=(qemu-system-x86_64 busybox ndctl daxctl mke2fs depmod cpio zstd xz iasl dpkg-deb debootstrap)
+pkgs=(busybox-static ndctl daxctl e2fsprogs kmod cpio zstd xz-utils acpica-tools debootstrap)
 
 missing=()
 for c in "${need_cmds[@]}"; do

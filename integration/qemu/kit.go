@@ -148,12 +148,14 @@ func EnsureInstalled(ctx context.Context, logf func(string, ...any)) error {
 	if out, err := exec.CommandContext(ctx, script, "--check").CombinedOutput(); err == nil {
 		return nil
 	} else {
-		logf("installing missing packages (%s)", strings.TrimSpace(string(out)))
+		logf("installing from Debian's archive (%s)", strings.TrimSpace(string(out)))
 	}
+	start := time.Now()
 	out, err := exec.CommandContext(ctx, script).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%s: %w\n%s", script, err, out)
 	}
+	logf("installed in %s", time.Since(start).Round(time.Second))
 	return nil
 }
 

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,7 +96,7 @@ var (
 
 // GetQEMU11 returns QEMU 11.1 or later from a Debian forky root. The root
 // is built once into the cache directory (debootstrap, then apt-get install
-// qemu-system-x86 inside it; about 2 minutes and 540 MB) under a file lock,
+// qemu-system-x86 inside it; about a minute and 540 MB) under a file lock,
 // into a temporary directory renamed into place when complete, so a failed
 // or concurrent build never leaves a half root behind. NVDIMM_QEMU11_ROOT
 // names a ready root to use instead.
@@ -169,7 +168,7 @@ func buildForkyRoot(ctx context.Context, cache string, logf func(string, ...any)
 		return "", fmt.Errorf("forky root: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	logf("building the QEMU 11.1 forky root in %s (debootstrap from %s; about 2 minutes)", dir, mirror)
+	logf("building the QEMU 11.1 forky root in %s (debootstrap from %s; about a minute)", dir, mirror)
 	if _, err := run(ctx, "", "debootstrap", "--variant=minbase", "forky", tmp, mirror); err != nil {
 		return "", fmt.Errorf("forky root: %w", err)
 	}
@@ -291,85 +290,5 @@ type BootOptions struct {
 func BootWith(ctx context.Context, kit *Kit, q *QEMU, accel string, vm *VM, share string, o BootOptions) (*Result, error) {
 	guestSlots <- struct{}{}
 	defer func() { <-guestSlots }()
-	if err := prepareShare(vm, share); err != nil {
-		return nil, err
-	}
-	kernel, initrd := kit.Kernel, kit.Initrd
-	if o.Kernel != "" {
-		kernel = o.Kernel
-	}
-	if o.Initrd != "" {
-		initrd = o.Initrd
-	}
-	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio"}
-	if !o.AllowReboot {
-		args = append(args, "-no-reboot")
-	}
-	if accel == "kvm" {
-		args = append(args, "-accel", "kvm", "-cpu", "host")
-	} else {
-		args = append(args, "-accel", "tcg", "-cpu", "max")
-	}
-	cmdline := "console=ttyS0 panic=-1 loglevel=4 rdinit=/init"
-	if o.Append != "" {
-		cmdline += " " + o.Append
-	}
-	args = append(args,
-		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-		"-fsdev", "local,id=share,path="+share+",security_model=none",
-		"-device", "virtio-9p-pci,fsdev=share,mount_tag=host",
-	)
-	if vm.QMPSocket != "" {
-		args = append(args, "-qmp", "unix:"+vm.QMPSocket+",server=on,wait=off")
-	}
-	args = append(args, vm.Args()...)
-	cmd := q.Command(args...)
-	var console lockedBuffer
-	var w io.Writer = &console
-	if vm.Console != nil {
-		w = io.MultiWriter(&console, vm.Console)
-	}
-	cmd.Stdout = w
-	cmd.Stderr = w
-	vm.Share = share
-	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGKILL}
-	start := time.Now()
-	fmt.Fprintf(&console, "+ %s: qemu-system-x86_64 %s\n", q, strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", q, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var startedErr error
-	if vm.Started != nil {
-		startedErr = vm.Started(ctx, vm)
-		if startedErr != nil {
-			// The guest may be waiting for a host step that will never
-			// come: do not sit out the whole timeout.
-			unix.Kill(-cmd.Process.Pid, unix.SIGKILL) //nolint:errcheck
-		}
-	}
-	var waitErr error
-	select {
-	case waitErr = <-done:
-	case <-ctx.Done():
-		unix.Kill(-cmd.Process.Pid, unix.SIGKILL) //nolint:errcheck
-		<-done
-		waitErr = fmt.Errorf("guest %s: %w after %s", vm.Name, ctx.Err(), time.Since(start).Round(time.Second))
-	}
-	res := &Result{ExitCode: -1, Console: console.String(), Share: share, Accel: accel, Elapsed: time.Since(start)}
-	parseMarkers(res)
-	if startedErr != nil {
-		return res, startedErr
-	}
-	if waitErr != nil {
-		var ee *exec.ExitError
-		if !errors.As(waitErr, &ee) || res.ExitCode < 0 {
-			return res, fmt.Errorf("%s: %w", q, waitErr)
-		}
-	}
-	if res.ExitCode < 0 {
-		return res, fmt.Errorf("guest %s: no exit marker on the console (boot failed?)", vm.Name)
-	}
-	return res, nil
+	return runGuest(ctx, kit, q, accel, vm, share, o)
 }

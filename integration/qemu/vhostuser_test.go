@@ -45,38 +45,6 @@ func needQEMU11(t *testing.T) *QEMU {
 	return q
 }
 
-// boot11 boots vm with QEMU q like bootGuest does with the host's QEMU.
-func boot11(t *testing.T, q *QEMU, vm *VM, o BootOptions) *Result {
-	t.Helper()
-	ctx := context.Background()
-	kit, err := GetKit(ctx, t.Logf)
-	if err != nil {
-		t.Fatalf("guest kit: %v", err)
-	}
-	accel := Accel(ctx, kit, t.Logf)
-	if vm.Name == "" {
-		vm.Name = t.Name()
-	}
-	timeout := vm.Timeout
-	if timeout == 0 {
-		timeout = 5 * time.Minute
-	}
-	share := t.TempDir()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	res, err := BootWith(ctx, kit, q, accel, vm, share, o)
-	if res != nil {
-		saveConsoleOnFailure(t, vm.Name, res.Console)
-		t.Logf("guest %s (%s): %s, script exit %d, %s", vm.Name, q, accel, res.ExitCode, res.Elapsed.Round(100*time.Millisecond))
-	}
-	if err != nil {
-		t.Fatalf("guest %s: %v\n--- console tail ---\n%s", vm.Name, err, tail(resConsole(res), 80))
-	}
-	if res.ExitCode != 0 {
-		t.Fatalf("guest %s: script exited %d\n--- guest output ---\n%s", vm.Name, res.ExitCode, tail(res.Output, 80))
-	}
-	return res
-}
 
 // daemonProc is an `nvdimm-backend serve` process that a test can kill
 // with SIGKILL and start again on the same state directory.
@@ -386,7 +354,7 @@ func TestVhostUserPMEM(t *testing.T) {
 			}
 		}
 	}
-	res := boot11(t, q, vm, BootOptions{AllowReboot: true})
+	res := mustBootWith(t, q, vm, BootOptions{AllowReboot: true})
 
 	feat, _ := res.Read("features")
 	if len(feat) == 0 || feat[0] != '1' {

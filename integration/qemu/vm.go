@@ -167,12 +167,11 @@ func (vm *VM) Args() []string {
 	return append(args, vm.ExtraArgs...)
 }
 
-// Boot runs vm with the kit, sharing the directory share as /host, and
-// waits for it (or for ctx to end). It takes one of the two guest slots.
+// Boot runs vm with the kit on the host's QEMU, sharing the directory
+// share as /host, and waits for it (or for ctx to end). It takes one of the
+// two guest slots.
 func Boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*Result, error) {
-	guestSlots <- struct{}{}
-	defer func() { <-guestSlots }()
-	return boot(ctx, kit, accel, vm, share)
+	return BootWith(ctx, kit, nil, accel, vm, share, BootOptions{})
 }
 
 // prepareShare writes the guest's script into the 9p share and links (or
@@ -197,20 +196,41 @@ func prepareShare(vm *VM, share string) error {
 	return nil
 }
 
-// boot runs one QEMU process to completion (or until ctx ends).
+// boot runs one QEMU process to completion (or until ctx ends) without
+// taking a guest slot (the KVM probe runs inside Accel, before any slot).
 func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*Result, error) {
+	return runGuest(ctx, kit, nil, accel, vm, share, BootOptions{})
+}
+
+// runGuest runs one QEMU process (q; nil is the host's) to completion or until
+// ctx ends. A failing Started hook kills the guest at once: the guest may
+// be waiting for a host step that will never come.
+func runGuest(ctx context.Context, kit *Kit, q *QEMU, accel string, vm *VM, share string, o BootOptions) (*Result, error) {
 	if err := prepareShare(vm, share); err != nil {
 		return nil, err
 	}
-	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"}
+	kernel, initrd := kit.Kernel, kit.Initrd
+	if o.Kernel != "" {
+		kernel = o.Kernel
+	}
+	if o.Initrd != "" {
+		initrd = o.Initrd
+	}
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio"}
+	if !o.AllowReboot {
+		args = append(args, "-no-reboot")
+	}
 	if accel == "kvm" {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
 		args = append(args, "-accel", "tcg", "-cpu", "max")
 	}
+	cmdline := KernelCmdline
+	if o.Append != "" {
+		cmdline += " " + o.Append
+	}
 	args = append(args,
-		"-kernel", kit.Kernel, "-initrd", kit.Initrd,
-		"-append", KernelCmdline,
+		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 		"-fsdev", "local,id=share,path="+share+",security_model=none",
 		"-device", "virtio-9p-pci,fsdev=share,mount_tag=host",
 	)
@@ -218,7 +238,7 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 		args = append(args, "-qmp", "unix:"+vm.QMPSocket+",server=on,wait=off")
 	}
 	args = append(args, vm.Args()...)
-	cmd := exec.Command("qemu-system-x86_64", args...)
+	cmd := q.Command(args...)
 	var console lockedBuffer
 	var w io.Writer = &console
 	if vm.Console != nil {
@@ -227,12 +247,11 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 	cmd.Stdout = w
 	cmd.Stderr = w
 	vm.Share = share
-	cmd.Stdin = nil
 	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGKILL}
 	start := time.Now()
-	fmt.Fprintf(&console, "+ qemu-system-x86_64 %s\n", strings.Join(args, " "))
+	fmt.Fprintf(&console, "+ %s: qemu-system-x86_64 %s\n", q, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting qemu: %w", err)
+		return nil, fmt.Errorf("starting %s: %w", q, err)
 	}
 	exited := make(chan struct{})
 	var waitErr error
@@ -240,7 +259,9 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 	vm.PID = cmd.Process.Pid
 	var startedErr error
 	if vm.Started != nil {
-		startedErr = runStarted(ctx, vm, exited)
+		if startedErr = runStarted(ctx, vm, exited); startedErr != nil {
+			unix.Kill(-cmd.Process.Pid, unix.SIGKILL) //nolint:errcheck
+		}
 	}
 	select {
 	case <-exited:
@@ -251,14 +272,14 @@ func boot(ctx context.Context, kit *Kit, accel string, vm *VM, share string) (*R
 	}
 	res := &Result{ExitCode: -1, Console: console.String(), Share: share, Accel: accel, Elapsed: time.Since(start)}
 	parseMarkers(res)
+	if startedErr != nil {
+		return res, startedErr
+	}
 	if waitErr != nil {
 		var ee *exec.ExitError
 		if !errors.As(waitErr, &ee) || res.ExitCode < 0 {
-			return res, fmt.Errorf("qemu: %w", waitErr)
+			return res, fmt.Errorf("%s: %w", q, waitErr)
 		}
-	}
-	if startedErr != nil {
-		return res, startedErr
 	}
 	if res.ExitCode < 0 {
 		return res, fmt.Errorf("guest %s: no exit marker on the console (boot failed?)", vm.Name)
