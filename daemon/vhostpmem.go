@@ -47,8 +47,9 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 		log = slog.Default()
 	}
 	return func(dev Device, sock string) (VhostUserServer, error) {
-		if dev.ReadOnly {
-			return nil, errors.New("virtio-pmem over vhost-user cannot be read-only (QEMU maps shared-memory regions writable)")
+		// Refused before the backing is opened writable.
+		if err := pmem.CheckShmemBacking(dev.Backing, dev.Size, dev.LabelSize, dev.ReadOnly); err != nil {
+			return nil, err
 		}
 		b, err := memfile.Open(dev.Backing, memfile.OpenOptions{})
 		if err != nil {
@@ -68,7 +69,7 @@ func PMemVhostUser(reg prometheus.Registerer, log *slog.Logger) VhostUserFactory
 		if KeeperCommand != nil {
 			so.Keeper = vhostuser.Keeper{Path: sock + ".keeper", Start: startKeeper}
 		}
-		svc, err := pmem.Start(so, pmem.Options{Flusher: eng, File: b.File(), Size: dev.Size, Shmem: true})
+		svc, err := pmem.Start(so, pmem.Options{Flusher: eng, File: b.File(), Size: dev.Size, LabelSize: b.Layout().LabelSize, Shmem: true})
 		if err != nil {
 			eng.Close()
 			b.Close()

@@ -88,6 +88,23 @@ func TestPMemVhostUserServer(t *testing.T) {
 	if _, err := factory(dev, sock); err == nil || !strings.Contains(err.Error(), "read-only") {
 		t.Fatalf("read-only: %v", err)
 	}
+	// A backing with a label area is an nvdimm's, whether the device
+	// record says so or only the backing does.
+	labelled := filepath.Join(dir, "nv.img")
+	lb, err := memfile.Create(labelled, memfile.CreateOptions{Size: 4 << 20, LabelSize: 128 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb.Close()
+	for _, ls := range []uint64{128 << 10, 0} {
+		nv := Device{Name: "nv", Backing: labelled, Size: 4 << 20, LabelSize: ls}
+		if _, err := factory(nv, sock); err == nil || !strings.Contains(err.Error(), "128 KiB label area") {
+			t.Fatalf("labelled backing (recorded label size %d): %v", ls, err)
+		}
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left after refusals: %v", err)
+	}
 }
 
 func seriesCount(t *testing.T, g prometheus.Gatherer, name string) int {

@@ -90,21 +90,14 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string, fo flushhint.Opt
 		return err
 	}
 	defer b.Close()
-	if b.ReadOnly() {
-		return fmt.Errorf("backing %s is read-only: QEMU 11.1.2 maps every vhost-user shared-memory region writable whatever the flag, so a read-only virtio-pmem device cannot be offered on this transport", path)
-	}
-	// The rule of qemu-args --virtio-pmem: a backing made for an nvdimm
-	// (label area, maybe live namespaces) is not a virtio-pmem device.
-	if ls := b.Layout().LabelSize; ls != 0 {
-		return fmt.Errorf("backing %s has a %s label area: it was made for an nvdimm, and virtio-pmem has no labels, so the guest would read any namespace's raw bytes (info block, offsets) as its device; attach it as an nvdimm or create a backing without --label-size",
-			path, memfile.FormatSize(ls))
+	// The rules of qemu-args --virtio-pmem (no read-only mode, no label
+	// area, a mappable size) and the shared-memory region's power of two.
+	size, labelSize := b.Layout().GuestSize, b.Layout().LabelSize
+	if err := pmem.CheckShmemBacking(path, size, labelSize, b.ReadOnly()); err != nil {
+		return err
 	}
 	if err := b.Lock(memfile.LockExclusive, false); err != nil {
 		return err
-	}
-	size := b.Layout().GuestSize
-	if err := memfile.CheckSHMEMRegionSize(size); err != nil {
-		return fmt.Errorf("backing %s guest size: %w", path, err)
 	}
 	strat, err := flushhint.ForBacking(b.Kind(), b.File(), "")
 	if err != nil {
@@ -115,7 +108,7 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string, fo flushhint.Opt
 		return err
 	}
 	defer engine.Close()
-	svc, err := pmem.Start(pmem.ServiceOptions{Socket: socket, Name: path}, pmem.Options{Flusher: engine, File: b.File(), Size: size, Shmem: true})
+	svc, err := pmem.Start(pmem.ServiceOptions{Socket: socket, Name: path}, pmem.Options{Flusher: engine, File: b.File(), Size: size, LabelSize: labelSize, Shmem: true})
 	if err != nil {
 		return err
 	}

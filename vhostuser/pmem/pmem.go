@@ -59,6 +59,9 @@ type Options struct {
 	Start uint64
 	// ReadOnly asks for a read-only device; refused with Shmem.
 	ReadOnly bool
+	// LabelSize is the backing's label area (memfile.Layout.LabelSize);
+	// a backing with one is refused with Shmem.
+	LabelSize uint64
 	// Log receives warnings; nil means slog.Default().
 	Log *slog.Logger
 }
@@ -84,14 +87,11 @@ func New(o Options) (*Device, error) {
 		return nil, errors.New("virtio-pmem: no flusher")
 	}
 	if o.Shmem {
-		if o.ReadOnly {
-			return nil, errors.New("virtio-pmem over vhost-user: a read-only device cannot be offered: QEMU 11.1.2 maps every shared-memory region writable whatever the SHMEM_MAP flag says")
-		}
 		if o.File == nil {
 			return nil, errors.New("virtio-pmem: shared-memory mode needs the backing file")
 		}
-		if err := memfile.CheckSHMEMRegionSize(o.Size); err != nil {
-			return nil, fmt.Errorf("virtio-pmem backing %s: %w", o.File.Name(), err)
+		if err := CheckShmemBacking(o.File.Name(), o.Size, o.LabelSize, o.ReadOnly); err != nil {
+			return nil, err
 		}
 	} else if o.Size == 0 {
 		return nil, errors.New("virtio-pmem: size 0")
@@ -101,6 +101,22 @@ func New(o Options) (*Device, error) {
 		log = slog.Default()
 	}
 	return &Device{o: o, log: log}, nil
+}
+
+// CheckShmemBacking refuses a backing (at path, exposing size bytes, with
+// a label area of labelSize) that cannot be offered as shared-memory
+// region 0: the region must be a size QEMU can place in a PCI BAR (a
+// power of two, memfile.CheckSHMEMRegionSize), and the backing must be
+// fit for virtio-pmem at all (memfile.CheckVirtioPMEM: not read-only (and
+// QEMU 11.1.2 maps every shared-memory region writable anyway), no label
+// area, a guest-mappable size; the region is size bytes aligned to its
+// own size in the BAR).
+func CheckShmemBacking(path string, size, labelSize uint64, readOnly bool) error {
+	if err := memfile.CheckSHMEMRegionSize(size); err != nil {
+		return fmt.Errorf("virtio-pmem backing %s: %w", path, err)
+	}
+	l := memfile.Layout{GuestSize: size, BackingSize: size, LabelSize: labelSize, Align: size}
+	return memfile.CheckVirtioPMEM(path, l, readOnly)
 }
 
 // Features offers VERSION_1, EVENT_IDX, INDIRECT_DESC and, in shared-memory

@@ -273,7 +273,9 @@ func TestNewRefusals(t *testing.T) {
 	}{
 		{pmem.Options{Size: 1 << 21}, "no flusher"},
 		{pmem.Options{Flusher: &countingFlusher{}, File: f, Size: 3 << 20, Shmem: true}, "power of two"},
-		{pmem.Options{Flusher: &countingFlusher{}, File: f, Size: 1 << 21, Shmem: true, ReadOnly: true}, "maps every shared-memory region writable"},
+		{pmem.Options{Flusher: &countingFlusher{}, File: f, Size: 1 << 21, Shmem: true, ReadOnly: true}, "no read-only mode"},
+		{pmem.Options{Flusher: &countingFlusher{}, File: f, Size: 1 << 21, Shmem: true, LabelSize: 128 << 10}, "128 KiB label area"},
+		{pmem.Options{Flusher: &countingFlusher{}, File: f, Size: 1 << 20, Shmem: true}, "not a multiple of 2 MiB"},
 		{pmem.Options{Flusher: &countingFlusher{}, Size: 1 << 21, Shmem: true}, "needs the backing"},
 	}
 	for _, c := range cases {
