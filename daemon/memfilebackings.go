@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nvdimm-backend/nvdimm-backend/label/backing"
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
@@ -24,9 +25,19 @@ var ErrBadLayout = errors.New("bad layout")
 // backing is ErrUnusableBacking, a request the existing backing
 // contradicts ErrConflict, a size memfile refuses ErrBadLayout.
 type MemfileBackings struct {
-	// Provision writes namespace labels into a just-created backing; nil
-	// refuses requests that name a namespace.
+	// Provision writes the requested namespace into a just-created
+	// backing; nil means provisionNamespace. Tests replace it.
 	Provision func(b *memfile.Backing, namespace, mode string, slot int) error
+}
+
+// provisionNamespace gives a just-created backing its namespace through
+// package label/backing: v1.2 labels and a namespace over the whole DIMM
+// with its info block (mode "" is fsdax) or, without a label area, only
+// the info block; the namespace is recorded in the metadata. slot is the
+// DIMM slot the labels are written for (memfile.NoSlot: slot 0).
+func provisionNamespace(b *memfile.Backing, namespace, mode string, slot int) error {
+	_, err := backing.Provision(b, backing.ProvisionSpec{Name: namespace, Mode: mode, Slot: slot})
+	return err
 }
 
 // Prepare implements Backings.
@@ -41,9 +52,6 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		if _, err := memfile.ComputeLayout(s.Size, s.LabelSize, memfile.DefaultAlign); err != nil {
 			return BackingInfo{}, tag(ErrBadLayout, err)
 		}
-		if s.Namespace != "" && m.Provision == nil {
-			return BackingInfo{}, fmt.Errorf("%w: namespace provisioning is not available in this build", ErrInvalid)
-		}
 		// The path is confined, so its missing parents are inside a
 		// backing directory.
 		if err := os.MkdirAll(filepath.Dir(s.Path), 0o700); err != nil {
@@ -55,7 +63,11 @@ func (m MemfileBackings) Prepare(ctx context.Context, s BackingSpec) (BackingInf
 		}
 		defer b.Close()
 		if s.Namespace != "" {
-			if err := m.Provision(b, s.Namespace, s.Mode, s.Slot); err != nil {
+			provision := m.Provision
+			if provision == nil {
+				provision = provisionNamespace
+			}
+			if err := provision(b, s.Namespace, s.Mode, s.Slot); err != nil {
 				b.Close()
 				_ = memfile.Remove(s.Path)
 				return BackingInfo{}, provisionErr(fmt.Errorf("provisioning namespace %q: %w", s.Namespace, err))

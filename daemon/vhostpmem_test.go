@@ -196,8 +196,13 @@ func TestMemfileBackingsPrepare(t *testing.T) {
 	if _, err := mb.Prepare(ctx, BackingSpec{Path: filepath.Join(dir, "missing.img"), Slot: -1}); err == nil || !strings.Contains(err.Error(), "no size") {
 		t.Fatalf("missing without size: %v", err)
 	}
-	if _, err := mb.Prepare(ctx, BackingSpec{Path: filepath.Join(dir, "ns.img"), Size: 16 << 20, LabelSize: 128 << 10, Namespace: "ns0", Mode: "fsdax", Slot: -1}); err == nil || !strings.Contains(err.Error(), "not available") {
-		t.Fatalf("namespace without provisioner: %v", err)
+	// A namespace is provisioned through package label/backing by default.
+	nsPath := filepath.Join(dir, "ns.img")
+	if _, err := mb.Prepare(ctx, BackingSpec{Path: nsPath, Size: 16 << 20, LabelSize: 128 << 10, Namespace: "ns0", Mode: "fsdax", Slot: -1}); err != nil {
+		t.Fatalf("namespace with the default provisioner: %v", err)
+	}
+	if m, err := memfile.ReadMeta(nsPath); err != nil || m.Namespace != "ns0" || m.Mode != "fsdax" || m.UUID == "" {
+		t.Fatalf("provisioned namespace not recorded: %+v %v", m, err)
 	}
 	// Locks: exclusive for writers, shared for readers.
 	l, err := mb.Lock(p, false)

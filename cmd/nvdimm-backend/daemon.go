@@ -52,15 +52,9 @@ func newServeCmd() *cobra.Command {
 				Registry:  reg,
 				VhostUser: daemon.PMemVhostUser(reg, slog.Default()),
 				Writeback: daemon.FileWriteback(reg, writeback, slog.Default()),
-				Backings: daemon.MemfileBackings{Provision: func(b *memfile.Backing, ns, mode string, slot int) error {
-					if provisionNamespace == nil {
-						return fmt.Errorf("%w: namespace labels are not supported by this build", daemon.ErrInvalid)
-					}
-					_, err := provisionNamespace(cmd, b, namespaceRequest{Name: ns, Mode: mode, Slot: slot})
-					return err
-				}},
-				DialQMP: daemon.DialQMP,
-				Logger:  slog.Default(),
+				Backings:  daemon.MemfileBackings{},
+				DialQMP:   daemon.DialQMP,
+				Logger:    slog.Default(),
 			})
 			if err != nil {
 				return err

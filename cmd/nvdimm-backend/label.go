@@ -2,21 +2,31 @@ package main
 
 // Verbs for namespace label areas and info blocks: label init, list,
 // create, destroy, rename, check, dump, retarget, infoblock; and the
-// provisionNamespace hook of `create --namespace`.
+// namespace provisioning of `create --namespace`. Every verb is flags ->
+// one call into package label/backing -> print.
 
 import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
-	"github.com/nvdimm-backend/nvdimm-backend/acpi"
 	"github.com/nvdimm-backend/nvdimm-backend/label"
+	"github.com/nvdimm-backend/nvdimm-backend/label/backing"
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
+)
+
+// The JSON shapes of the label verbs (documented in the README) are
+// package backing's result types.
+type (
+	listJSON  = backing.List
+	nsResult  = backing.NamespaceResult
+	infoJSON  = backing.Info
+	infoAt    = backing.InfoAt
+	checkJSON = backing.CheckResult
+	dumpJSON  = backing.Dump
+	dumpSlot  = backing.DumpSlot
 )
 
 // labelTargetOpts are the flags that say where the label area is.
@@ -39,256 +49,34 @@ func (o *labelTargetOpts) addFlags(cmd *cobra.Command, write bool) {
 	}
 }
 
-// labelTarget is an opened label area and, for a backing, its data.
-type labelTarget struct {
-	path     string
-	dev      label.Device
-	size     int64
-	b        *memfile.Backing
-	f        *os.File
-	dimmSize uint64
-	slot     int // -1: unknown
-	close    func() error
+func (o *labelTargetOpts) options(write bool) backing.Options {
+	return backing.Options{LabelSize: o.labelSize.v, AreaOnly: o.area, DIMMSize: o.dimmSize.v, Slot: o.slot, Write: write, Force: o.force}
 }
 
-func openLabelTarget(path string, o *labelTargetOpts, write bool) (*labelTarget, error) {
-	t := &labelTarget{path: path, slot: o.slot, dimmSize: o.dimmSize.v}
+// openLabelTarget opens PATH's label area; editing a backing a running VM
+// holds is refused with the --force hint.
+func openLabelTarget(path string, o *labelTargetOpts, write bool) (*backing.Area, error) {
+	return forceHint(backing.Open(path, o.options(write)))
+}
+
+// openLabelTargetData opens a backing for its data (a label area is not
+// needed).
+func openLabelTargetData(path string, o *labelTargetOpts, write bool) (*backing.Area, error) {
 	if o.area {
-		flag := os.O_RDONLY
-		if write {
-			flag = os.O_RDWR
-		}
-		f, err := os.OpenFile(path, flag, 0)
-		if err != nil {
-			return nil, err
-		}
-		fi, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		t.f, t.dev, t.size, t.close = f, syncFile{f}, fi.Size(), f.Close
-		return t, nil
+		return nil, errors.New("infoblock works on a backing's data, not on --area")
 	}
-	oo := memfile.OpenOptions{ReadOnly: !write, LabelSize: o.labelSize.v}
-	b, err := memfile.Open(path, oo)
-	if err != nil {
-		return nil, err
-	}
-	// A --label-size the metadata record contradicts is refused, not
-	// silently replaced by the recorded one.
-	if err := b.CheckOptions(oo); err != nil {
-		b.Close()
-		return nil, err
-	}
-	if write {
-		if err := lockForEdit(b, o.force); err != nil {
-			return nil, err
-		}
-	}
-	a, err := b.LabelArea()
-	if err != nil {
-		b.Close()
-		return nil, err
-	}
-	t.b, t.dev, t.size, t.close = b, a, a.Size(), b.Close
-	if t.dimmSize == 0 {
-		t.dimmSize = b.Layout().GuestSize
-	}
-	if m := b.Meta(); m != nil && t.slot < 0 {
-		t.slot = m.Slot
-	}
-	return t, nil
+	return forceHint(backing.OpenData(path, o.options(write)))
 }
 
-// lockForEdit takes the backing's exclusive lock; a backing another user
-// (a running VM) holds is refused unless force. On error b is closed.
-func lockForEdit(b *memfile.Backing, force bool) error {
-	err := b.Lock(memfile.LockExclusive, false)
-	if err == nil || (force && errors.Is(err, memfile.ErrLocked)) {
-		return nil
-	}
-	b.Close()
+func forceHint(t *backing.Area, err error) (*backing.Area, error) {
 	if errors.Is(err, memfile.ErrLocked) {
 		// memfile's message already says who holds it and to stop it.
-		return fmt.Errorf("%w, or pass --force to edit anyway", err)
+		return nil, fmt.Errorf("%w, or pass --force to edit anyway", err)
 	}
-	return err
+	return t, err
 }
 
-// syncFile adds Sync to a bare area file.
-type syncFile struct{ *os.File }
-
-func (s syncFile) Sync() error { return unix.Fdatasync(int(s.Fd())) }
-
-func (t *labelTarget) cookies() *label.Cookies {
-	if t.slot < 0 {
-		return nil
-	}
-	v11, v12 := acpi.QEMUSlotCookies(t.slot)
-	return &label.Cookies{V11: v11, V12: v12}
-}
-
-// data runs fn over the guest-visible data of a backing (nil for --area).
-func (t *labelTarget) data(write bool, fn func(rw dataRW) error) error {
-	if t.b == nil {
-		return errors.New("no guest data: PATH is only a label area")
-	}
-	return withData(t.b, write, fn)
-}
-
-// dataRW reads and writes the guest-visible region of a backing.
-type dataRW interface {
-	io.ReaderAt
-	io.WriterAt
-	Sync() error
-}
-
-type mapRW struct{ m []byte }
-
-func (r mapRW) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > int64(len(r.m)) {
-		return 0, io.EOF
-	}
-	return copy(p, r.m[off:]), nil
-}
-
-func (r mapRW) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > int64(len(r.m)) {
-		return 0, io.ErrShortWrite
-	}
-	return copy(r.m[off:], p), nil
-}
-
-func (r mapRW) Sync() error { return unix.Msync(r.m, unix.MS_SYNC) }
-
-type fileRW struct {
-	f     *os.File
-	limit int64
-}
-
-func (r fileRW) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > r.limit {
-		return 0, io.EOF
-	}
-	return r.f.ReadAt(p, off)
-}
-
-func (r fileRW) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > r.limit {
-		return 0, fmt.Errorf("write of %d bytes at %d beyond the %d-byte guest region", len(p), off, r.limit)
-	}
-	return r.f.WriteAt(p, off)
-}
-
-func (r fileRW) Sync() error { return unix.Fdatasync(int(r.f.Fd())) }
-
-func withData(b *memfile.Backing, write bool, fn func(rw dataRW) error) error {
-	guest := int64(b.Layout().GuestSize)
-	if b.Kind() == memfile.KindDevDAX {
-		m, unmap, err := memfile.Map(b, !write)
-		if err != nil {
-			return err
-		}
-		err = fn(mapRW{m[:guest]})
-		if uerr := unmap(); err == nil {
-			err = uerr
-		}
-		return err
-	}
-	return fn(fileRW{b.File(), guest})
-}
-
-// labelJSON is one label in `label list --json`.
-type labelJSON struct {
-	Slot            uint32 `json:"slot"`
-	Flags           uint32 `json:"flags"`
-	NLabel          uint16 `json:"nlabel"`
-	Position        uint16 `json:"position"`
-	ISetCookie      string `json:"isetcookie"`
-	LBASize         uint64 `json:"lbasize"`
-	DPA             uint64 `json:"dpa"`
-	RawSize         uint64 `json:"rawsize"`
-	AbstractionGUID string `json:"abstraction_guid"`
-}
-
-// infoJSON is a decoded info block.
-type infoJSON struct {
-	Kind       string `json:"kind"`
-	UUID       string `json:"uuid"`
-	ParentUUID string `json:"parent_uuid"`
-	Version    string `json:"version"`
-	DataOff    uint64 `json:"dataoff"`
-	NPFNs      uint64 `json:"npfns"`
-	Align      uint32 `json:"align"`
-	EndTrunc   uint32 `json:"end_trunc"`
-	DataSize   uint64 `json:"data_size"`
-	Valid      bool   `json:"valid"`
-	Error      string `json:"error,omitempty"`
-}
-
-func infoToJSON(ib *label.InfoBlock, nsSize uint64, parent label.UUID) *infoJSON {
-	j := &infoJSON{Kind: ib.Kind(), UUID: ib.UUID.String(), ParentUUID: ib.ParentUUID.String(),
-		Version: fmt.Sprintf("%d.%d", ib.VersionMajor, ib.VersionMinor), DataOff: ib.DataOff, NPFNs: ib.NPFNs,
-		Align: ib.Align, EndTrunc: ib.EndTrunc, DataSize: ib.NPFNs * 4096, Valid: true}
-	if err := ib.Validate(nsSize, parent); err != nil {
-		j.Valid, j.Error = false, err.Error()
-	}
-	return j
-}
-
-type namespaceJSON struct {
-	UUID      string      `json:"uuid"`
-	Name      string      `json:"name"`
-	Mode      string      `json:"mode"`
-	Size      uint64      `json:"size"`
-	Labels    []labelJSON `json:"labels"`
-	InfoBlock *infoJSON   `json:"info_block,omitempty"`
-}
-
-// listJSON is `label list --json`; Version is "" for an unlabelled area
-// (no valid index block), with current_index -1.
-type listJSON struct {
-	Version      string          `json:"version"`
-	NSlot        uint32          `json:"nslot"`
-	CurrentIndex int             `json:"current_index"`
-	Seq          uint32          `json:"seq"`
-	Namespaces   []namespaceJSON `json:"namespaces"`
-}
-
-func listArea(t *labelTarget, a *label.Area) listJSON {
-	out := listJSON{Version: string(a.Version()), CurrentIndex: a.Current, Namespaces: []namespaceJSON{}}
-	if x := a.CurrentIndex(); x != nil {
-		out.NSlot, out.Seq = x.NSlot, x.Seq&3
-	}
-	for _, ns := range a.Namespaces() {
-		nj := namespaceJSON{UUID: ns.UUID.String(), Name: ns.Name, Mode: ns.Mode, Size: ns.Size, Labels: []labelJSON{}}
-		for _, s := range ns.Labels {
-			l := s.Label
-			nj.Labels = append(nj.Labels, labelJSON{Slot: s.Slot, Flags: l.Flags, NLabel: l.NLabel, Position: l.Position,
-				ISetCookie: fmt.Sprintf("0x%016x", l.ISetCookie), LBASize: l.LBASize, DPA: l.DPA, RawSize: l.RawSize,
-				AbstractionGUID: l.AbstractionGUID.String()})
-		}
-		if t.b != nil {
-			_ = t.data(false, func(rw dataRW) error {
-				ib, err := label.ReadInfoBlock(rw, int64(ns.DPA()))
-				if err != nil {
-					return err
-				}
-				nj.InfoBlock = infoToJSON(ib, ns.Size, ns.UUID)
-				// v1.1 labels do not record fsdax/devdax: the info block does.
-				if nj.InfoBlock.Valid && ns.Mode == label.ModeRaw && a.Version() == label.V11 {
-					nj.Mode = ib.Kind()
-				}
-				return nil
-			})
-		}
-		out.Namespaces = append(out.Namespaces, nj)
-	}
-	return out
-}
-
-func printList(w io.Writer, path string, l listJSON) error {
+func printList(w io.Writer, path string, l *listJSON) error {
 	if l.Version == "" {
 		_, err := fmt.Fprintf(w, "%s: no valid label index (unlabelled; run label init)\n", path)
 		return err
@@ -315,109 +103,6 @@ func printList(w io.Writer, path string, l listJSON) error {
 	return nil
 }
 
-// recordMeta stores the namespace in the backing's metadata record.
-func recordMeta(t *labelTarget, name, mode string, uuid label.UUID, clear bool) error {
-	if t.b == nil || t.b.Meta() == nil {
-		return nil
-	}
-	m := *t.b.Meta()
-	if clear {
-		if m.UUID != uuid.String() {
-			return nil
-		}
-		m.Namespace, m.Mode, m.UUID = "", "", ""
-	} else {
-		m.Namespace, m.Mode, m.UUID = name, mode, uuid.String()
-		if t.slot >= 0 {
-			m.Slot = t.slot
-		}
-	}
-	return memfile.WriteMeta(t.path, &m)
-}
-
-// nsResult is the output of label create and of create --namespace.
-type nsResult struct {
-	UUID      string    `json:"uuid"`
-	Name      string    `json:"name"`
-	Mode      string    `json:"mode"`
-	Size      uint64    `json:"size"`
-	DPA       uint64    `json:"dpa"`
-	Slot      int       `json:"slot"`
-	Version   string    `json:"label_version,omitempty"`
-	InfoBlock *infoJSON `json:"info_block,omitempty"`
-	Warnings  []string  `json:"warnings,omitempty"`
-}
-
-// writeInfo writes (fsdax/devdax) or clears (raw) the info block of a
-// namespace at dpa in the backing's data, and syncs it.
-func writeInfo(t *labelTarget, mode string, dpa, size uint64, parent label.UUID) (*infoJSON, error) {
-	var out *infoJSON
-	err := t.data(true, func(rw dataRW) error {
-		if mode == label.ModeRaw {
-			if err := label.ClearInfoBlock(rw, int64(dpa)); err != nil {
-				return err
-			}
-			return rw.Sync()
-		}
-		ib, err := label.NewInfoBlock(label.InfoParams{Mode: mode, ParentUUID: parent, Size: size})
-		if err != nil {
-			return err
-		}
-		if err := label.WriteInfoBlock(rw, int64(dpa), ib); err != nil {
-			return err
-		}
-		out = infoToJSON(ib, size, parent)
-		return rw.Sync()
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", t.path, err)
-	}
-	return out, nil
-}
-
-// createNamespace places and writes a namespace: info block first (in
-// space no label owns yet), then the labels.
-func createNamespace(t *labelTarget, e *label.Editor, spec label.NamespaceSpec) (*nsResult, error) {
-	res := &nsResult{Name: spec.Name, Mode: spec.Mode, Version: string(e.Area().Version())}
-	if t.slot < 0 {
-		t.slot = 0
-		res.Warnings = append(res.Warnings, "no DIMM slot recorded or given: labels written for slot 0 (use --slot, or label retarget later)")
-	}
-	res.Slot = t.slot
-	spec.Cookies = *t.cookies()
-	spec.DIMMSize = t.dimmSize
-	// Every check before the first write, so a refusal changes nothing.
-	plan, err := e.Plan(spec)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", t.path, err)
-	}
-	dpa, size := plan.DPA, plan.RawSize
-	spec.UUID, spec.Size = plan.UUID, size
-	if spec.Mode != label.ModeRaw {
-		// The info block's own checks (namespace big enough for its
-		// memmap) also come before any write.
-		if _, err := label.NewInfoBlock(label.InfoParams{Mode: spec.Mode, ParentUUID: spec.UUID, Size: size}); err != nil {
-			return nil, fmt.Errorf("%s: %w", t.path, err)
-		}
-	}
-	if t.b != nil {
-		if res.InfoBlock, err = writeInfo(t, spec.Mode, dpa, size, spec.UUID); err != nil {
-			return nil, err
-		}
-	} else if spec.Mode != label.ModeRaw {
-		res.Warnings = append(res.Warnings, "--area: no guest data here, so no info block was written; the guest's ndctl must set the mode")
-	}
-	ns, err := e.Create(spec)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", t.path, err)
-	}
-	res.UUID, res.Size, res.DPA = ns.UUID.String(), ns.Size, ns.DPA()
-	if err := recordMeta(t, spec.Name, spec.Mode, ns.UUID, false); err != nil {
-		return nil, err
-	}
-	return res, nil
-}
-
 func printNS(w io.Writer, r *nsResult) error {
 	fmt.Fprintf(w, "namespace %q %s: %s %s at dpa %#x (labels v%s, slot %d)\n", r.Name, r.UUID, r.Mode, memfile.FormatSize(r.Size), r.DPA, r.Version, r.Slot)
 	if ib := r.InfoBlock; ib != nil {
@@ -429,12 +114,10 @@ func printNS(w io.Writer, r *nsResult) error {
 	return nil
 }
 
-func provision(cmd *cobra.Command, b *memfile.Backing, ns namespaceRequest) (any, error) {
-	t := &labelTarget{path: b.Path(), b: b, dimmSize: b.Layout().GuestSize, slot: ns.Slot}
-	mode := ns.Mode
-	if mode == "" {
-		mode = label.ModeFSDAX
-	}
+// provisionNamespace writes the namespace `create --namespace` asks for
+// into the just-created backing b; its result is printed under
+// "namespace" in --json output.
+func provisionNamespace(b *memfile.Backing, ns namespaceRequest) (*nsResult, error) {
 	var u label.UUID
 	if ns.UUID != "" {
 		var err error
@@ -442,38 +125,12 @@ func provision(cmd *cobra.Command, b *memfile.Backing, ns namespaceRequest) (any
 			return nil, fmt.Errorf("--uuid: %w", err)
 		}
 	}
-	if b.Layout().LabelSize == 0 {
-		// Label-less NVDIMM or virtio-pmem: the info block alone sets the mode.
-		if mode == label.ModeRaw {
-			return nil, errors.New("--namespace with mode raw needs a label area (--label-size)")
-		}
-		ib, err := writeInfo(t, mode, 0, b.Layout().GuestSize, label.UUID{})
-		if err != nil {
-			return nil, err
-		}
-		res := &nsResult{Name: ns.Name, Mode: mode, Size: b.Layout().GuestSize, Slot: t.slot, InfoBlock: ib,
-			Warnings: []string{"no label area: wrote only the info block; the name is kept in the metadata"}}
-		if ib != nil {
-			res.UUID = ib.UUID
-		}
-		if err := recordMeta(t, ns.Name, mode, label.UUID{}, false); err != nil {
-			return nil, err
-		}
-		return res, nil
-	}
-	a, err := b.LabelArea()
-	if err != nil {
-		return nil, err
-	}
-	t.dev, t.size = a, a.Size()
-	e, err := label.NewEditor(a, a.Size())
-	if err != nil {
-		return nil, err
-	}
-	if err := e.Init(label.InitOptions{Version: label.V12}); err != nil {
-		return nil, err
-	}
-	return createNamespace(t, e, label.NamespaceSpec{UUID: u, Name: ns.Name, Mode: mode})
+	return backing.Provision(b, backing.ProvisionSpec{Name: ns.Name, Mode: ns.Mode, UUID: u, Slot: ns.Slot})
+}
+
+// inspectInfoBlocks is the info-block part of inspect.
+func inspectInfoBlocks(path string, o memfile.OpenOptions) []infoAt {
+	return backing.InspectInfoBlocks(path, o)
 }
 
 func newLabelCmd() *cobra.Command {
@@ -507,26 +164,14 @@ func newLabelInitCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			e, err := label.NewEditor(t.dev, t.size)
+			defer t.Close()
+			g, err := t.Init(label.InitOptions{Version: v, Force: force})
+			if errors.Is(err, label.ErrLabelled) {
+				return fmt.Errorf("%w (pass --reinit to drop them)", err)
+			}
 			if err != nil {
 				return err
 			}
-			if err := e.Init(label.InitOptions{Version: v, Force: force}); err != nil {
-				if errors.Is(err, label.ErrLabelled) {
-					return fmt.Errorf("%s: %w (pass --reinit to drop them)", args[0], err)
-				}
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			// --reinit dropped every namespace: forget the recorded one.
-			if m := metaOf(t); m != nil && m.UUID != "" {
-				if u, err := label.ParseUUID(m.UUID); err == nil {
-					if err := recordMeta(t, "", "", u, true); err != nil {
-						return err
-					}
-				}
-			}
-			g := e.Area().Geometry
 			res := map[string]any{"path": args[0], "version": string(v), "nslot": g.NSlot, "index_size": g.IndexSize, "area_size": g.AreaSize}
 			return output(cmd, res, func(w io.Writer) error {
 				_, err := fmt.Fprintf(w, "%s: initialised v%s labels: %d slots, %d-byte index blocks\n", args[0], v, g.NSlot, g.IndexSize)
@@ -551,12 +196,11 @@ func newLabelListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			a, err := label.Parse(t.dev, t.size)
+			defer t.Close()
+			l, err := t.List()
 			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
+				return err
 			}
-			l := listArea(t, a)
 			return output(cmd, l, func(w io.Writer) error { return printList(w, args[0], l) })
 		},
 	}
@@ -581,25 +225,18 @@ func newLabelCreateCmd() *cobra.Command {
 				}
 				spec.UUID = u
 			}
-			if _, err := label.ModeGUID(mode); err != nil || mode == label.ModeSector {
+			if mode != label.ModeFSDAX && mode != label.ModeDevDAX && mode != label.ModeRaw {
 				return fmt.Errorf("--mode %q: want fsdax, devdax or raw", mode)
 			}
 			t, err := openLabelTarget(args[0], &o, true)
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			if t.dimmSize == 0 {
+			defer t.Close()
+			if t.DIMMSize() == 0 {
 				return errors.New("--area needs --dimm-size (the guest-visible DIMM size)")
 			}
-			e, err := label.NewEditor(t.dev, t.size)
-			if err != nil {
-				return err
-			}
-			if !e.Area().Labelled {
-				return fmt.Errorf("%s: %w", args[0], label.ErrUnlabelled)
-			}
-			res, err := createNamespace(t, e, spec)
+			res, err := t.Create(spec)
 			if err != nil {
 				return err
 			}
@@ -617,19 +254,19 @@ func newLabelCreateCmd() *cobra.Command {
 	return cmd
 }
 
-// pick finds the namespace chosen by --name or --uuid.
-func pick(a *label.Area, name, uuid string) (*label.Namespace, error) {
+// pick turns --name or --uuid into the namespace selector.
+func pick(name, uuid string) (backing.Selector, error) {
 	if (name == "") == (uuid == "") {
-		return nil, errors.New("choose the namespace with exactly one of --name or --uuid")
+		return backing.Selector{}, errors.New("choose the namespace with exactly one of --name or --uuid")
 	}
-	var u label.UUID
-	if uuid != "" {
-		var err error
-		if u, err = label.ParseUUID(uuid); err != nil {
-			return nil, fmt.Errorf("--uuid: %w", err)
-		}
+	if uuid == "" {
+		return backing.Selector{Name: name}, nil
 	}
-	return a.FindNamespace(u, name)
+	u, err := label.ParseUUID(uuid)
+	if err != nil {
+		return backing.Selector{}, fmt.Errorf("--uuid: %w", err)
+	}
+	return backing.Selector{UUID: u}, nil
 }
 
 func newLabelDestroyCmd() *cobra.Command {
@@ -640,23 +277,17 @@ func newLabelDestroyCmd() *cobra.Command {
 		Short: "Destroy a namespace (frees its labels in one index update)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			sel, err := pick(name, uuid)
+			if err != nil {
+				return err
+			}
 			t, err := openLabelTarget(args[0], &o, true)
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			e, err := label.NewEditor(t.dev, t.size)
+			defer t.Close()
+			ns, err := t.Destroy(sel)
 			if err != nil {
-				return err
-			}
-			ns, err := pick(e.Area(), name, uuid)
-			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			if err := e.Destroy(ns.UUID); err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			if err := recordMeta(t, "", "", ns.UUID, true); err != nil {
 				return err
 			}
 			res := map[string]any{"destroyed": ns.UUID.String(), "name": ns.Name}
@@ -680,26 +311,18 @@ func newLabelRenameCmd() *cobra.Command {
 		Short: "Rename a namespace",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			sel, err := pick(name, uuid)
+			if err != nil {
+				return err
+			}
 			t, err := openLabelTarget(args[0], &o, true)
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			e, err := label.NewEditor(t.dev, t.size)
+			defer t.Close()
+			ns, err := t.Rename(sel, to)
 			if err != nil {
 				return err
-			}
-			ns, err := pick(e.Area(), name, uuid)
-			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			if err := e.Rename(ns.UUID, to); err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			if m := metaOf(t); m != nil && m.UUID == ns.UUID.String() {
-				if err := recordMeta(t, to, m.Mode, ns.UUID, false); err != nil {
-					return err
-				}
 			}
 			res := map[string]any{"uuid": ns.UUID.String(), "old_name": ns.Name, "name": to}
 			return output(cmd, res, func(w io.Writer) error {
@@ -714,20 +337,6 @@ func newLabelRenameCmd() *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "new name")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
-}
-
-func metaOf(t *labelTarget) *memfile.Meta {
-	if t.b == nil {
-		return nil
-	}
-	return t.b.Meta()
-}
-
-type checkJSON struct {
-	Clean    bool                `json:"clean"`
-	Slot     int                 `json:"slot"`
-	Problems []label.Problem     `json:"problems"`
-	Repair   *label.RepairReport `json:"repair,omitempty"`
 }
 
 func newLabelCheckCmd() *cobra.Command {
@@ -746,38 +355,11 @@ if the area is not clean. Nothing is changed without --repair.`,
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			co := label.CheckOptions{Cookies: t.cookies(), DIMMSize: t.dimmSize}
-			res := checkJSON{Slot: t.slot}
-			if repair {
-				e, err := label.NewEditor(t.dev, t.size)
-				if err != nil {
-					return err
-				}
-				r, err := e.Repair(co)
-				if err != nil {
-					return fmt.Errorf("%s: repair: %w", args[0], err)
-				}
-				res.Repair, res.Problems = &r, r.Remaining
-				// Cookies now follow t.slot: record it, as retarget does.
-				if m := metaOf(t); m != nil && r.Retarget > 0 && m.Slot != t.slot {
-					mm := *m
-					mm.Slot = t.slot
-					if err := memfile.WriteMeta(args[0], &mm); err != nil {
-						return err
-					}
-				}
-			} else {
-				a, err := label.Parse(t.dev, t.size)
-				if err != nil {
-					return fmt.Errorf("%s: %w", args[0], err)
-				}
-				res.Problems = label.Check(a, co)
+			defer t.Close()
+			res, err := t.Check(repair)
+			if err != nil {
+				return err
 			}
-			if res.Problems == nil {
-				res.Problems = []label.Problem{}
-			}
-			res.Clean = label.Clean(res.Problems)
 			err = output(cmd, res, func(w io.Writer) error {
 				if r := res.Repair; r != nil {
 					fmt.Fprintf(w, "repair: freed slots %v, retargeted %d namespace(s), rewrote staging index: %v\n", r.Freed, r.Retarget, r.Staging)
@@ -785,7 +367,7 @@ if the area is not clean. Nothing is changed without --repair.`,
 				for _, p := range res.Problems {
 					fmt.Fprintf(w, "%s\n", p)
 				}
-				if t.slot < 0 {
+				if res.Slot < 0 {
 					fmt.Fprintln(w, "note: no DIMM slot known, cookies not checked (use --slot)")
 				}
 				if res.Clean {
@@ -808,54 +390,6 @@ if the area is not clean. Nothing is changed without --repair.`,
 
 var errNotClean = errors.New("label area is not clean")
 
-type dumpIndex struct {
-	Offset   int64  `json:"offset"`
-	Valid    bool   `json:"valid"`
-	Error    string `json:"error,omitempty"`
-	Sig      string `json:"signature"`
-	Seq      uint32 `json:"seq"`
-	MyOff    uint64 `json:"myoff"`
-	MySize   uint64 `json:"mysize"`
-	OtherOff uint64 `json:"otheroff"`
-	LabelOff uint64 `json:"labeloff"`
-	NSlot    uint32 `json:"nslot"`
-	Major    uint16 `json:"major"`
-	Minor    uint16 `json:"minor"`
-	LabelSz  int    `json:"labelsize"`
-	Checksum string `json:"checksum"`
-	Free     uint32 `json:"free_slots"`
-}
-
-type dumpSlot struct {
-	Slot            uint32 `json:"slot"`
-	Offset          int64  `json:"offset"`
-	Live            bool   `json:"live"`
-	Valid           bool   `json:"valid"`
-	Error           string `json:"error,omitempty"`
-	UUID            string `json:"uuid"`
-	Name            string `json:"name"`
-	Flags           uint32 `json:"flags"`
-	NLabel          uint16 `json:"nlabel"`
-	Position        uint16 `json:"position"`
-	ISetCookie      string `json:"isetcookie"`
-	LBASize         uint64 `json:"lbasize"`
-	DPA             uint64 `json:"dpa"`
-	RawSize         uint64 `json:"rawsize"`
-	SlotField       uint32 `json:"slot_field"`
-	Align           uint8  `json:"align"`
-	TypeGUID        string `json:"type_guid,omitempty"`
-	AbstractionGUID string `json:"abstraction_guid,omitempty"`
-	Checksum        string `json:"checksum,omitempty"`
-}
-
-type dumpJSON struct {
-	Size     int64          `json:"size"`
-	Geometry label.Geometry `json:"geometry"`
-	Current  int            `json:"current_index"`
-	Index    []dumpIndex    `json:"index"`
-	Slots    []dumpSlot     `json:"slots"`
-}
-
 func newLabelDumpCmd() *cobra.Command {
 	var o labelTargetOpts
 	var all bool
@@ -868,47 +402,10 @@ func newLabelDumpCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			raw, err := label.ReadArea(t.dev, t.size)
-			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			a, err := label.ParseBytes(raw)
+			defer t.Close()
+			d, err := t.Dump(all)
 			if err != nil {
 				return err
-			}
-			d := dumpJSON{Size: a.Size, Geometry: a.Geometry, Current: a.Current, Index: []dumpIndex{}, Slots: []dumpSlot{}}
-			for _, b := range a.Blocks {
-				x := b.Index
-				di := dumpIndex{Offset: b.Offset, Valid: b.Err == nil, Sig: strings.TrimRight(string(x.Signature[:]), "\x00"),
-					Seq: x.Seq, MyOff: x.MyOff, MySize: x.MySize, OtherOff: x.OtherOff, LabelOff: x.LabelOff, NSlot: x.NSlot,
-					Major: x.Major, Minor: x.Minor, LabelSz: x.LabelSize(), Checksum: fmt.Sprintf("0x%016x", x.Checksum)}
-				if b.Err != nil {
-					di.Error = b.Err.Error()
-				}
-				for k := uint32(0); k < a.Geometry.NSlot; k++ {
-					if x.IsFree(k) {
-						di.Free++
-					}
-				}
-				d.Index = append(d.Index, di)
-			}
-			for k := uint32(0); k < a.Geometry.NSlot; k++ {
-				s := a.DecodeSlot(k)
-				if !all && !s.Live && isZero(a.SlotBytes(k)) {
-					continue
-				}
-				l := s.Label
-				ds := dumpSlot{Slot: k, Offset: s.Offset, Live: s.Live, Valid: s.Err == nil, UUID: l.UUID.String(), Name: l.NameString(),
-					Flags: l.Flags, NLabel: l.NLabel, Position: l.Position, ISetCookie: fmt.Sprintf("0x%016x", l.ISetCookie),
-					LBASize: l.LBASize, DPA: l.DPA, RawSize: l.RawSize, SlotField: l.Slot, Align: l.Align}
-				if s.Err != nil {
-					ds.Error = s.Err.Error()
-				}
-				if l.Size == label.LabelSizeV12 {
-					ds.TypeGUID, ds.AbstractionGUID, ds.Checksum = l.TypeGUID.String(), l.AbstractionGUID.String(), fmt.Sprintf("0x%016x", l.Checksum)
-				}
-				d.Slots = append(d.Slots, ds)
 			}
 			return output(cmd, d, func(w io.Writer) error {
 				fmt.Fprintf(w, "area %d bytes: %d-byte labels, %d-byte index blocks, %d slots; current index %d\n",
@@ -941,15 +438,6 @@ func newLabelDumpCmd() *cobra.Command {
 	return cmd
 }
 
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
 func newLabelRetargetCmd() *cobra.Command {
 	var o labelTargetOpts
 	cmd := &cobra.Command{
@@ -964,22 +452,10 @@ func newLabelRetargetCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			t.slot = o.slot
-			e, err := label.NewEditor(t.dev, t.size)
+			defer t.Close()
+			n, err := t.Retarget(o.slot)
 			if err != nil {
 				return err
-			}
-			n, err := e.Retarget(*t.cookies())
-			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			if m := metaOf(t); m != nil && m.Slot != o.slot {
-				mm := *m
-				mm.Slot = o.slot
-				if err := memfile.WriteMeta(args[0], &mm); err != nil {
-					return err
-				}
 			}
 			res := map[string]any{"slot": o.slot, "namespaces_rewritten": n}
 			return output(cmd, res, func(w io.Writer) error {
@@ -1009,36 +485,15 @@ guest sees an fsdax or devdax device at first boot.`,
 			if err != nil {
 				return err
 			}
-			defer t.close()
-			size := t.dimmSize - offset.v
-			if offset.v >= t.dimmSize {
-				return fmt.Errorf("--offset %d is beyond the %d-byte guest region", offset.v, t.dimmSize)
-			}
+			defer t.Close()
 			var ij *infoJSON
 			if write != "" {
-				err = t.data(true, func(rw dataRW) error {
-					ib, err := label.NewInfoBlock(label.InfoParams{Mode: write, Size: size, Align: align.v})
-					if err != nil {
-						return err
-					}
-					if err := label.WriteInfoBlock(rw, int64(offset.v), ib); err != nil {
-						return err
-					}
-					ij = infoToJSON(ib, size, label.UUID{})
-					return rw.Sync()
-				})
+				ij, err = t.WriteInfoBlock(offset.v, write, align.v)
 			} else {
-				err = t.data(false, func(rw dataRW) error {
-					ib, err := label.ReadInfoBlock(rw, int64(offset.v))
-					if err != nil {
-						return err
-					}
-					ij = infoToJSON(ib, size, ib.ParentUUID)
-					return nil
-				})
+				ij, err = t.ReadInfoBlock(offset.v)
 			}
 			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
+				return err
 			}
 			return output(cmd, ij, func(w io.Writer) error {
 				fmt.Fprintf(w, "%s info block v%s uuid %s parent %s\n  dataoff %s, %d pages (%s), align %s, end_trunc %d, valid %v %s\n",
@@ -1053,82 +508,6 @@ guest sees an fsdax or devdax device at first boot.`,
 	cmd.Flags().StringVar(&write, "write", "", "write a fresh info block: fsdax or devdax")
 	cmd.Flags().Var(&align, "align", "mapping alignment for --write (default 2M)")
 	return cmd
-}
-
-// infoAt is one place inspect looked for a PFN/DAX info block.
-type infoAt struct {
-	// Namespace and UUID name the labelled namespace ("" for a label-less
-	// device, whose whole guest region is the namespace).
-	Namespace string `json:"namespace"`
-	UUID      string `json:"uuid,omitempty"`
-	// DPA is the namespace start in the guest region; Offset is where the
-	// block sits (DPA + 4 KiB).
-	DPA    uint64 `json:"dpa"`
-	Offset uint64 `json:"offset"`
-	Size   uint64 `json:"size"`
-	// Found reports a PFN or DAX signature there; InfoBlock decodes it.
-	Found     bool      `json:"found"`
-	InfoBlock *infoJSON `json:"info_block,omitempty"`
-	Error     string    `json:"error,omitempty"`
-}
-
-// inspectInfoBlocks decodes the info block of every namespace of the
-// backing at path: each labelled namespace's start (its dpa) or, without
-// a label area, the start of the guest region. Problems are reported in
-// the entries, never as an error; a labelled area without a valid index
-// has no namespaces and gives no entries.
-func inspectInfoBlocks(path string, o memfile.OpenOptions) []infoAt {
-	o.ReadOnly = true
-	b, err := memfile.Open(path, o)
-	if err != nil {
-		return []infoAt{{Error: err.Error()}}
-	}
-	defer b.Close()
-	type place struct {
-		name string
-		uuid label.UUID
-		dpa  uint64
-		size uint64
-	}
-	var places []place
-	if b.Layout().LabelSize == 0 {
-		places = append(places, place{dpa: 0, size: b.Layout().GuestSize})
-	} else {
-		la, err := b.LabelArea()
-		if err != nil {
-			return []infoAt{{Error: err.Error()}}
-		}
-		a, err := label.Parse(la, la.Size())
-		if err != nil {
-			return []infoAt{{Error: err.Error()}}
-		}
-		for _, ns := range a.Namespaces() {
-			places = append(places, place{ns.Name, ns.UUID, ns.DPA(), ns.Size})
-		}
-	}
-	out := []infoAt{}
-	for _, p := range places {
-		e := infoAt{Namespace: p.name, DPA: p.dpa, Offset: p.dpa + label.InfoBlockOffset, Size: p.size}
-		if !p.uuid.IsZero() {
-			e.UUID = p.uuid.String()
-		}
-		err := withData(b, false, func(rw dataRW) error {
-			if p.dpa+label.InfoBlockOffset+label.InfoBlockSize > b.Layout().GuestSize {
-				return fmt.Errorf("namespace at dpa %#x: its info block would lie beyond the %d-byte guest region", p.dpa, b.Layout().GuestSize)
-			}
-			ib, err := label.ReadInfoBlock(rw, int64(p.dpa))
-			if err != nil {
-				return err
-			}
-			e.Found, e.InfoBlock = true, infoToJSON(ib, p.size, p.uuid)
-			return nil
-		})
-		if err != nil && !errors.Is(err, label.ErrNoInfoBlock) {
-			e.Error = err.Error()
-		}
-		out = append(out, e)
-	}
-	return out
 }
 
 // printInfoBlocks is the human form of inspectInfoBlocks' result.
@@ -1157,32 +536,4 @@ func printInfoBlocks(w io.Writer, ibs []infoAt) {
 	}
 }
 
-// openLabelTargetData opens a backing for its data (a label area is not
-// needed).
-func openLabelTargetData(path string, o *labelTargetOpts, write bool) (*labelTarget, error) {
-	if o.area {
-		return nil, errors.New("infoblock works on a backing's data, not on --area")
-	}
-	oo := memfile.OpenOptions{ReadOnly: !write, LabelSize: o.labelSize.v}
-	b, err := memfile.Open(path, oo)
-	if err != nil {
-		return nil, err
-	}
-	// A --label-size the metadata record contradicts is refused, not
-	// silently replaced by the recorded one.
-	if err := b.CheckOptions(oo); err != nil {
-		b.Close()
-		return nil, err
-	}
-	if write {
-		if err := lockForEdit(b, o.force); err != nil {
-			return nil, err
-		}
-	}
-	return &labelTarget{path: path, b: b, dimmSize: b.Layout().GuestSize, slot: -1, close: b.Close}, nil
-}
-
-func init() {
-	register(newLabelCmd)
-	provisionNamespace = provision
-}
+func init() { register(newLabelCmd) }

@@ -112,6 +112,15 @@ func fingerprint(t *testing.T, path string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func slotCookies(slot int) label.Cookies {
 	v11, v12 := acpi.QEMUSlotCookies(slot)
 	return label.Cookies{V11: v11, V12: v12}

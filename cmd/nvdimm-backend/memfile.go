@@ -19,17 +19,12 @@ import (
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
 
-// namespaceRequest is what `create --namespace` asks the label code to
-// provision in a new backing's label area.
+// namespaceRequest is what `create --namespace` asks provisionNamespace
+// (label.go) to write into the new backing.
 type namespaceRequest struct {
 	Name, Mode, UUID string
 	Slot             int
 }
-
-// provisionNamespace is set by the label verbs' file; it writes the
-// namespace labels into the just-created backing and returns a value to
-// report (printed under "namespace" in --json output).
-var provisionNamespace func(cmd *cobra.Command, b *memfile.Backing, ns namespaceRequest) (any, error)
 
 // sizeFlag is a pflag.Value that accepts 4G, 512M, 128K or bytes.
 type sizeFlag struct {
@@ -116,9 +111,6 @@ PATH.nvdimm.json. Sizes accept 4G, 512M, 128K or bytes.`,
 			if !size.set {
 				return errors.New("--size is required (what the guest sees, e.g. 4G)")
 			}
-			if ns.Name != "" && provisionNamespace == nil {
-				return errors.New("--namespace: namespace provisioning is not built in")
-			}
 			if ns.Name == "" && (cmd.Flags().Changed("mode") || ns.UUID != "" || ns.Slot >= 0) {
 				return errors.New("--mode, --uuid and --slot need --namespace")
 			}
@@ -141,7 +133,7 @@ PATH.nvdimm.json. Sizes accept 4G, 512M, 128K or bytes.`,
 				Warnings: append(append([]string(nil), b.Layout().Warnings...), rep.Warnings...),
 			}
 			if ns.Name != "" {
-				v, err := provisionNamespace(cmd, b, ns)
+				v, err := provisionNamespace(b, ns)
 				if err != nil {
 					b.Close()
 					if rerr := memfile.Remove(path); rerr != nil {

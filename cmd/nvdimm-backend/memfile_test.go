@@ -3,13 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/spf13/cobra"
 
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
 )
@@ -89,47 +86,5 @@ func TestCLICreateRefusals(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("left behind %v", ents)
-	}
-}
-
-func TestCLINamespaceHook(t *testing.T) {
-	dir := t.TempDir()
-	saved := provisionNamespace
-	t.Cleanup(func() { provisionNamespace = saved })
-
-	provisionNamespace = nil
-	_, err := runMemfileCLI(t, "create", filepath.Join(dir, "a.img"), "--size", "16M", "--label-size", "128K", "--namespace", "ns0")
-	if err == nil || !strings.Contains(err.Error(), "namespace provisioning is not built in") {
-		t.Fatalf("err = %v", err)
-	}
-
-	// A failing hook leaves no backing behind.
-	var got namespaceRequest
-	provisionNamespace = func(cmd *cobra.Command, b *memfile.Backing, ns namespaceRequest) (any, error) {
-		got = ns
-		if _, err := b.LabelArea(); err != nil {
-			return nil, err
-		}
-		return nil, errors.New("label write failed")
-	}
-	_, err = runMemfileCLI(t, "create", filepath.Join(dir, "a.img"), "--size", "16M", "--label-size", "128K",
-		"--namespace", "ns0", "--mode", "devdax", "--uuid", "u-1", "--slot", "2")
-	if err == nil || !strings.Contains(err.Error(), "label write failed") {
-		t.Fatalf("err = %v", err)
-	}
-	if got != (namespaceRequest{Name: "ns0", Mode: "devdax", UUID: "u-1", Slot: 2}) {
-		t.Fatalf("hook got %+v", got)
-	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
-		t.Fatalf("left behind %v", ents)
-	}
-
-	// A working hook's result is reported.
-	provisionNamespace = func(cmd *cobra.Command, b *memfile.Backing, ns namespaceRequest) (any, error) {
-		return map[string]string{"name": ns.Name}, nil
-	}
-	out, err := runMemfileCLI(t, "create", filepath.Join(dir, "a.img"), "--size", "16M", "--label-size", "128K", "--namespace", "ns1", "--json")
-	if err != nil || !strings.Contains(out, `"name": "ns1"`) {
-		t.Fatalf("%v %s", err, out)
 	}
 }
