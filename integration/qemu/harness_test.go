@@ -153,20 +153,6 @@ func ourBinary(t *testing.T) string {
 	return binPath
 }
 
-// hasVerb reports whether our binary knows the (sub)command path, e.g.
-// hasVerb(t, "label", "list"). Scenarios whose verbs have not landed skip.
-func hasVerb(t *testing.T, words ...string) bool {
-	t.Helper()
-	bin := ourBinary(t)
-	out, err := exec.Command(bin, append(words, "--help")...).CombinedOutput()
-	if err != nil {
-		return false
-	}
-	// cobra prints the parent's help for unknown subcommands of a command
-	// that has subcommands; require the last word in the usage line.
-	return strings.Contains(string(out), "Usage:") && strings.Contains(string(out), words[len(words)-1])
-}
-
 // host runs our binary on the host and returns stdout; it fails the test on
 // a non-zero exit.
 func host(t *testing.T, args ...string) string {

@@ -142,9 +142,6 @@ while [ ! -e /host/done ]; do sleep 0.1; i=$((i+1)); [ $i -lt 3000 ]; done
 // backing is refused.
 func TestHotplug(t *testing.T) {
 	t.Parallel()
-	if !hasVerb(t, "serve") || !hasVerb(t, "device", "attach") {
-		t.Skip("daemon verbs not built in yet")
-	}
 	dir := t.TempDir()
 	ctl := startDaemon(t, dir)
 	cs := []string{"--control-socket", ctl}

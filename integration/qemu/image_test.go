@@ -378,9 +378,6 @@ func checkGuest(t *testing.T, who string, res *Result, img imageRecord, files ma
 // Not parallel: the guests must run at the same time, so it needs every
 // guest slot.
 func TestImageSharedReadOnly(t *testing.T) {
-	if !hasVerb(t, "image", "build") {
-		t.Skip("image verbs not built in")
-	}
 	n := maxGuests()
 	if n < 2 {
 		t.Skip("needs two guests at once (NVDIMM_GUESTS=1)")
@@ -485,9 +482,6 @@ func mibs(v []uint64) []string {
 // takes the guest's writes; the image itself does not change.
 func TestImageCloneWritable(t *testing.T) {
 	t.Parallel()
-	if !hasVerb(t, "image", "clone") {
-		t.Skip("image verbs not built in")
-	}
 	dir := t.TempDir()
 	cat := filepath.Join(dir, "catalog")
 	tree, _ := imageTree(t, 4<<20)

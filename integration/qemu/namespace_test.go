@@ -11,16 +11,12 @@ import (
 )
 
 // provision creates a backing with a namespace through `create --namespace`
-// and returns the namespace uuid our tool reported; it skips the test when
-// namespace provisioning is not built in yet.
+// and returns the namespace uuid our tool reported.
 func provision(t *testing.T, img, size, name, mode string) string {
 	t.Helper()
 	out, stderr, err := hostTry(t, "--json", "create", img, "--size", size, "--label-size", "128K",
 		"--namespace", name, "--mode", mode, "--slot", "0")
 	if err != nil {
-		if strings.Contains(stderr, "not built in") {
-			t.Skip("create --namespace: namespace provisioning not built in yet")
-		}
 		t.Fatalf("create --namespace %s: %v\n%s", name, err, stderr)
 	}
 	var v any
@@ -150,9 +146,6 @@ for d in /sys/bus/dax/devices/dax*; do echo "$(basename $d) $(cat $d/size)"; don
 // block comes up as fsdax in the guest and mounts with DAX.
 func TestRawWithInfoBlock(t *testing.T) {
 	t.Parallel()
-	if !hasVerb(t, "label", "infoblock") {
-		t.Skip("label infoblock not built in yet")
-	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "raw.img")
 	host(t, "create", img, "--size", "256M")
