@@ -31,7 +31,7 @@ func KeeperJournalStats(path string) (records, fds int, err error) {
 }
 
 func fetchForTest(path string) (*net.UnixConn, *msgConn, []journalEntry, error) {
-	c, kc, j, ok, err := (&Server{}).fetchKeeper(Keeper{Path: path})
+	c, kc, j, ok, err := (&Server{}).fetchKeeper(Keeper{Path: path}, true)
 	if err != nil {
 		return nil, nil, nil, err
 	}

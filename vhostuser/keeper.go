@@ -36,7 +36,13 @@ const (
 	keeperReqGet  = 0xff01 // server -> keeper: send the connection and the journal
 	keeperReqEnd  = 0xff02 // keeper -> server: end of the journal
 	keeperReqDrop = 0xff03 // server -> keeper: let the connection go and exit
+	keeperReqPeek = 0xff07 // tests, diagnostics -> keeper: send the connection and the journal, without taking it over
 )
+
+// keeperDrainTimeout bounds how long a takeover waits for the keeper to
+// read the rest of the previous server's channel (that server is dead or
+// closing, so its channel ends soon).
+const keeperDrainTimeout = 5 * time.Second
 
 // keeperNoConnTimeout ends a keeper that is never given a connection.
 const keeperNoConnTimeout = 30 * time.Second
@@ -97,7 +103,18 @@ func RunKeeper(path string, log *slog.Logger) error {
 		mu      sync.Mutex
 		conn    = -1
 		journal []journalEntry
+		// owner is the channel of the server that journals (the one
+		// that gave the connection or took it over last); records
+		// from any other channel are stale and dropped. ownerDone is
+		// closed when the keeper has read all of owner's channel.
+		owner     *net.UnixConn
+		ownerDone chan struct{}
 	)
+	isOwner := func(c *net.UnixConn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return owner == c
+	}
 	hup := make(chan struct{})
 	var hupOnce sync.Once
 	gotConn := make(chan struct{}, 1)
@@ -121,6 +138,8 @@ func RunKeeper(path string, log *slog.Logger) error {
 		}
 	}
 	serve := func(c *net.UnixConn) {
+		done := make(chan struct{})
+		defer close(done)
 		defer c.Close()
 		mc := &msgConn{c: c, name: "keeper " + path}
 		// A replacement journal being received (keeperReqCompact up to
@@ -146,7 +165,7 @@ func RunKeeper(path string, log *slog.Logger) error {
 				pending, compacting = nil, true
 			case keeperReqCommit:
 				closeFds(fds)
-				if !compacting {
+				if !compacting || !isOwner(c) {
 					continue
 				}
 				mu.Lock()
@@ -170,6 +189,7 @@ func RunKeeper(path string, log *slog.Logger) error {
 					closeFds(e.fds)
 				}
 				conn, journal = fds[0], nil
+				owner, ownerDone = c, done
 				mu.Unlock()
 				go watch(fds[0])
 				select {
@@ -177,8 +197,27 @@ func RunKeeper(path string, log *slog.Logger) error {
 				default:
 				}
 				log.Info("keeper: holding a front-end connection", "keeper", path)
-			case keeperReqGet:
+			case keeperReqGet, keeperReqPeek:
 				closeFds(fds)
+				if h.Request == keeperReqGet {
+					// A takeover: first read the rest of the previous
+					// server's channel (what it journalled before it
+					// died belongs in the journal), then journal only
+					// from this one.
+					mu.Lock()
+					prev, prevDone := owner, ownerDone
+					mu.Unlock()
+					if prev != nil && prev != c {
+						select {
+						case <-prevDone:
+						case <-time.After(keeperDrainTimeout):
+							log.Warn("keeper: the previous server's channel is still open; taking over without its last records", "keeper", path)
+						}
+					}
+					mu.Lock()
+					owner, ownerDone = c, done
+					mu.Unlock()
+				}
 				n, err := handOver(&mu, &conn, &journal, mc)
 				if err != nil {
 					log.Warn("keeper: handing over", "keeper", path, "err", err)
@@ -201,6 +240,11 @@ func RunKeeper(path string, log *slog.Logger) error {
 				hupOnce.Do(func() { close(hup) })
 				return
 			default:
+				if !isOwner(c) {
+					closeFds(fds)
+					log.Warn("keeper: a record from a server that is not the current one dropped", "keeper", path, "request", h.Request)
+					continue
+				}
 				if compacting {
 					pending = append(pending, journalEntry{h: h, p: p, fds: fds})
 					continue
@@ -281,14 +325,17 @@ func (s *Server) attachKeeper(k Keeper, c *net.UnixConn) (*msgConn, error) {
 			return nil, fmt.Errorf("keeper %s: %w", k.Path, err)
 		}
 	}
-	f, err := c.File()
+	// Not c.File().Fd(): Fd switches the file description, which the
+	// duplicate shares with c, to blocking mode, and a session blocked
+	// in recvmsg could then not be closed.
+	fd, err := dupFd(c)
 	if err != nil {
 		kc.Close()
 		return nil, fmt.Errorf("keeper %s: duplicating the connection: %w", k.Path, err)
 	}
-	defer f.Close()
+	defer unix.Close(fd)
 	mc := &msgConn{c: kc, name: "keeper " + k.Path}
-	if err := mc.writeMessage(Header{Request: keeperReqConn, Flags: FlagVersion}, nil, []int{int(f.Fd())}); err != nil {
+	if err := mc.writeMessage(Header{Request: keeperReqConn, Flags: FlagVersion}, nil, []int{fd}); err != nil {
 		kc.Close()
 		return nil, err
 	}
@@ -297,7 +344,9 @@ func (s *Server) attachKeeper(k Keeper, c *net.UnixConn) (*msgConn, error) {
 
 // fetchKeeper asks a running keeper for a connection it holds; ok is
 // false when there is no keeper or it holds nothing.
-func (s *Server) fetchKeeper(k Keeper) (c *net.UnixConn, kc *msgConn, journal []journalEntry, ok bool, err error) {
+// With peek, the keeper only shows what it holds (tests, diagnostics):
+// the journalling server stays the current one.
+func (s *Server) fetchKeeper(k Keeper, peek bool) (c *net.UnixConn, kc *msgConn, journal []journalEntry, ok bool, err error) {
 	if k.Path == "" {
 		return nil, nil, nil, false, nil
 	}
@@ -314,7 +363,11 @@ func (s *Server) fetchKeeper(k Keeper) (c *net.UnixConn, kc *msgConn, journal []
 		return nil, nil, nil, false, fmt.Errorf("keeper %s: %w", k.Path, err)
 	}
 	uc.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := mc.writeMessage(Header{Request: keeperReqGet, Flags: FlagVersion}, nil, nil); err != nil {
+	req := uint32(keeperReqGet)
+	if peek {
+		req = keeperReqPeek
+	}
+	if err := mc.writeMessage(Header{Request: req, Flags: FlagVersion}, nil, nil); err != nil {
 		return fail(err)
 	}
 	h, _, fds, err := mc.readMessage(false)

@@ -64,7 +64,7 @@ func TestKeeperHoldsAndHandsOver(t *testing.T) {
 	if _, err := front.Read(make([]byte, 1)); err == nil || !os.IsTimeout(err) {
 		t.Fatalf("front-end read %v: want a timeout (connection still open)", err)
 	}
-	c, kc2, journal, ok, err := s.fetchKeeper(Keeper{Path: path})
+	c, kc2, journal, ok, err := s.fetchKeeper(Keeper{Path: path}, false)
 	if err != nil || !ok {
 		t.Fatalf("fetch: ok %v err %v", ok, err)
 	}
@@ -173,7 +173,7 @@ func TestKeeperCompactionIsAtomic(t *testing.T) {
 		// journal appears, then make sure it stays (no late change).
 		fetch := func() []journalEntry {
 			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				c, kc2, j, ok, err := s.fetchKeeper(Keeper{Path: path})
+				c, kc2, j, ok, err := s.fetchKeeper(Keeper{Path: path}, true)
 				if err != nil {
 					t.Fatalf("k=%d: fetch: %v", k, err)
 				}
@@ -231,5 +231,91 @@ func waitListening(t *testing.T, path string) {
 			t.Fatal("keeper did not listen")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestKeeperJournalsOnlyFromTheCurrentServer: a takeover waits for the
+// previous server's channel to be read to its end (its last records are
+// in the journal handed over), and records from a channel that is not the
+// current server's are dropped, so a stale server cannot append to the
+// journal of the one that took over.
+func TestKeeperJournalsOnlyFromTheCurrentServer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.sock")
+	done := make(chan error, 1)
+	go func() { done <- RunKeeper(path, quietKeeperLog()) }()
+	waitListening(t, path)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	front, _ := unixConnFromFd(fds[0], "front-end")
+	back, _ := unixConnFromFd(fds[1], "back-end")
+	defer front.Close()
+	s := &Server{}
+	kc, err := s.attachKeeper(Keeper{Path: path}, back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back.Close()
+	// The first server's last records, then its death.
+	for i := 0; i < 50; i++ {
+		if err := kc.writeMessage(Header{Request: uint32(ReqSetStatus), Flags: FlagVersion}, u64(uint64(i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kc.c.Close()
+	c, kc2, j, ok, err := s.fetchKeeper(Keeper{Path: path}, false)
+	if err != nil || !ok {
+		t.Fatalf("takeover: %v %v", ok, err)
+	}
+	c.Close()
+	if len(j) != 50 {
+		t.Fatalf("takeover got %d records, want all 50 the previous server sent", len(j))
+	}
+	// A channel that never held or took over the connection.
+	stale, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	smc := &msgConn{c: stale, name: "stale"}
+	for _, rt := range []uint32{uint32(ReqSetOwner), keeperReqCompact, keeperReqCommit} {
+		if err := smc.writeMessage(Header{Request: rt, Flags: FlagVersion}, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale.Close()
+	// The current server's record is kept.
+	if err := kc2.writeMessage(Header{Request: uint32(ReqSetOwner), Flags: FlagVersion}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	peek := func() []journalEntry {
+		c, kc3, j, ok, err := s.fetchKeeper(Keeper{Path: path}, true)
+		if err != nil || !ok {
+			t.Fatalf("peek: %v %v", ok, err)
+		}
+		c.Close()
+		kc3.c.Close()
+		return j
+	}
+	var j2 []journalEntry
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if j2 = peek(); len(j2) >= 51 || time.Now().After(deadline) {
+			break
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	j2 = peek()
+	if len(j2) != 51 || RequestType(j2[50].h.Request) != ReqSetOwner {
+		t.Fatalf("journal of %d records after a stale server's records; want 51 ending with the current server's SET_OWNER", len(j2))
+	}
+	kc2.c.Close()
+	front.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("keeper did not exit")
 	}
 }

@@ -113,7 +113,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 	if k := s.keeperConfig(); k.Path != "" {
-		c, kc, journal, ok, err := s.fetchKeeper(k)
+		c, kc, journal, ok, err := s.fetchKeeper(k, false)
 		if err != nil {
 			s.log.Warn("keeper: cannot take the connection over", "err", err)
 		} else if ok {

@@ -134,3 +134,94 @@ func TestServiceUnmapConfigChangeAndMetrics(t *testing.T) {
 		t.Fatalf("socket left after Close: %v", err)
 	}
 }
+
+// TestServiceDetachTakeover is the daemon's restart with a keeper: a
+// Service keeps its front-end in a keeper, Detach leaves the connection
+// there, and a Service started again on the same socket and keeper takes
+// the session over from the compacted journal: flushes are answered by
+// the new device, the shared-memory region is not mapped a second time
+// (QEMU still has it), and Close then lets the front-end go.
+func TestServiceDetachTakeover(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "pm0.sock")
+	kpath := sock + ".keeper"
+	kdone := make(chan error, 1)
+	go func() { kdone <- vhostuser.RunKeeper(kpath, quietLog()) }()
+	for deadline := time.Now().Add(wait); ; time.Sleep(5 * time.Millisecond) {
+		if f, err := frontend.Dial(kpath); err == nil {
+			f.Conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("keeper did not listen")
+		}
+	}
+	backing := memfdFile(t, 1<<21)
+	start := func(fl pmem.Flusher) *pmem.Service {
+		svc, err := pmem.Start(pmem.ServiceOptions{Socket: sock, Name: "pm0", Log: quietLog(), Keeper: vhostuser.Keeper{Path: kpath, JournalLimit: 16}},
+			pmem.Options{Flusher: fl, File: backing, Size: 1 << 21, Shmem: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc
+	}
+	svc := start(&countingFlusher{})
+	f, err := frontend.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, dev: svc.Device, srv: svc.Server, f: f}
+	defer func() {
+		f.Close()
+		if r.vq != nil {
+			r.vq.Close()
+		}
+	}()
+	if r.neg, err = f.Realize(proto, 1); err != nil {
+		t.Fatal(err)
+	}
+	f.AddRegion(ramGPA, ramSize)
+	if r.vq, err = f.NewVring(0, 64, ramGPA); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	if m, err := f.ReadBackendRequest(0); err != nil || vhostuser.BackendRequestType(m.Header.Request) != vhostuser.BackendShmemMap {
+		t.Fatalf("SHMEM_MAP: %+v %v", m, err)
+	}
+	r.flushReq(0, pmem.ReqTypeFlush)
+	r.vq.Publish(0)
+	r.vq.Kicked()
+	if _, err := r.vq.WaitUsed(1, wait); err != nil || r.ret(0) != pmem.RespOK {
+		t.Fatalf("flush before the restart: ret %d %v", r.ret(0), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := svc.Detach(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fl2 := &countingFlusher{}
+	svc2 := start(fl2)
+	r.flushReq(1, pmem.ReqTypeFlush)
+	r.vq.Publish(2)
+	r.vq.Kicked()
+	if _, err := r.vq.WaitUsed(1, wait); err != nil || r.ret(1) != pmem.RespOK {
+		t.Fatalf("flush after the takeover: ret %d %v", r.ret(1), err)
+	}
+	if svc2.Device.Stats.Flushes.Load() != 1 {
+		t.Fatalf("the new device answered %d flushes, want 1", svc2.Device.Stats.Flushes.Load())
+	}
+	f.Timeout = 200 * time.Millisecond
+	if m, err := f.ReadBackendRequest(0); err == nil {
+		t.Fatalf("the new server sent %#x on the back-end channel; the region is still mapped", m.Header.Request)
+	}
+	if err := svc2.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-kdone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wait):
+		t.Fatal("the keeper still holds the front-end after Close")
+	}
+}
