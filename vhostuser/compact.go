@@ -178,9 +178,7 @@ func (s *session) snapshot() (recs []journalEntry, err error) {
 			recs = nil
 		}
 	}()
-	add := func(rt RequestType, p []byte, fds ...int) {
-		recs = append(recs, journalEntry{h: Header{Request: uint32(rt), Flags: FlagVersion, Size: uint32(len(p))}, p: p, fds: fds})
-	}
+	add := func(rt RequestType, p []byte, fds ...int) { recs = append(recs, rec(rt, p, fds...)) }
 	if proto := s.proto.Load(); proto != 0 {
 		add(ReqSetProtocolFeatures, u64(proto))
 	}
@@ -231,54 +229,18 @@ func (s *session) snapshot() (recs []journalEntry, err error) {
 	flags := sessionFlags{Mapped: s.mapped, NeedReset: s.needReset.Load()}
 	var kicks []journalEntry
 	for _, q := range s.queues {
-		err := func() error {
-			q.mu.Lock()
-			defer q.mu.Unlock()
-			idx := uint32(q.index)
-			if q.size != 0 {
-				p, _ := VringState{Index: idx, Num: uint32(q.size)}.MarshalBinary()
-				add(ReqSetVringNum, p)
-			}
-			if q.lastAvail != 0 {
-				p, _ := VringState{Index: idx, Num: uint32(q.lastAvail)}.MarshalBinary()
-				add(ReqSetVringBase, p)
-			}
-			if q.addrSet {
-				p, _ := q.addr.MarshalBinary()
-				add(ReqSetVringAddr, p)
-			}
-			for _, e := range []struct {
-				rt RequestType
-				f  *os.File
-			}{{ReqSetVringCall, q.call.Load()}, {ReqSetVringErr, q.errFd.Load()}} {
-				if e.f == nil {
-					continue
-				}
-				fd, err := dupFd(e.f)
-				if err != nil {
-					return fmt.Errorf("vring %d %v fd: %w", idx, e.rt, err)
-				}
-				add(e.rt, u64(uint64(idx)), fd)
-			}
-			switch {
-			case q.pollMode:
-				kicks = append(kicks, journalEntry{h: Header{Request: uint32(ReqSetVringKick), Flags: FlagVersion, Size: 8}, p: u64(uint64(idx) | VringNoFd)})
-			case q.kick != nil:
-				fd, err := dupFd(q.kick)
-				if err != nil {
-					return fmt.Errorf("vring %d kick fd: %w", idx, err)
-				}
-				kicks = append(kicks, journalEntry{h: Header{Request: uint32(ReqSetVringKick), Flags: FlagVersion, Size: 8}, p: u64(uint64(idx)), fds: []int{fd}})
-			}
-			flags.Queues = append(flags.Queues, queueFlags{Enabled: q.enabled.Load(), Started: q.started || q.resumeStart})
-			return nil
-		}()
+		qrecs, kick, qf, err := q.snapshot()
+		recs = append(recs, qrecs...)
+		if kick != nil {
+			kicks = append(kicks, *kick)
+		}
 		if err != nil {
 			for _, k := range kicks {
 				closeFds(k.fds)
 			}
 			return recs, err
 		}
+		flags.Queues = append(flags.Queues, qf)
 	}
 	if s.featSet {
 		add(ReqSetFeatures, u64(s.acked.Load()))
@@ -333,4 +295,56 @@ func (s *session) compactJournal() {
 	}
 	s.appended, s.appendedFds = 0, 0
 	s.log.Debug("keeper: journal compacted", "records", len(recs))
+}
+
+// rec is a journal record of a front-end request.
+func rec(rt RequestType, p []byte, fds ...int) journalEntry {
+	return journalEntry{h: Header{Request: uint32(rt), Flags: FlagVersion, Size: uint32(len(p))}, p: p, fds: fds}
+}
+
+// snapshot returns the ring's records (size, base, addresses, call and
+// error eventfds), its kick record (nil when it has no kick fd and does
+// not poll) and its flags; the fds are duplicates the caller closes.
+func (q *queue) snapshot() (recs []journalEntry, kick *journalEntry, flags queueFlags, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	idx := uint32(q.index)
+	if q.size != 0 {
+		p, _ := VringState{Index: idx, Num: uint32(q.size)}.MarshalBinary()
+		recs = append(recs, rec(ReqSetVringNum, p))
+	}
+	if q.lastAvail != 0 {
+		p, _ := VringState{Index: idx, Num: uint32(q.lastAvail)}.MarshalBinary()
+		recs = append(recs, rec(ReqSetVringBase, p))
+	}
+	if q.addrSet {
+		p, _ := q.addr.MarshalBinary()
+		recs = append(recs, rec(ReqSetVringAddr, p))
+	}
+	for _, e := range []struct {
+		rt RequestType
+		f  *os.File
+	}{{ReqSetVringCall, q.call.Load()}, {ReqSetVringErr, q.errFd.Load()}} {
+		if e.f == nil {
+			continue
+		}
+		fd, err := dupFd(e.f)
+		if err != nil {
+			return recs, nil, flags, fmt.Errorf("vring %d %v fd: %w", idx, e.rt, err)
+		}
+		recs = append(recs, rec(e.rt, u64(uint64(idx)), fd))
+	}
+	switch {
+	case q.pollMode:
+		k := rec(ReqSetVringKick, u64(uint64(idx)|VringNoFd))
+		kick = &k
+	case q.kick != nil:
+		fd, err := dupFd(q.kick)
+		if err != nil {
+			return recs, nil, flags, fmt.Errorf("vring %d kick fd: %w", idx, err)
+		}
+		k := rec(ReqSetVringKick, u64(uint64(idx)), fd)
+		kick = &k
+	}
+	return recs, kick, queueFlags{Enabled: q.enabled.Load(), Started: q.started || q.resumeStart}, nil
 }

@@ -183,10 +183,11 @@ func (s *session) describe() (lines []string, fds map[string]int) {
 			l += fmt.Sprintf(" lastAvail %d", q.lastAvail)
 		}
 		lines = append(lines, l)
-		if q.kick != nil {
-			addFd(fmt.Sprintf("vring %d kick", q.index), q.kick)
-		}
+		kick := q.kick
 		q.mu.Unlock()
+		if kick != nil {
+			addFd(fmt.Sprintf("vring %d kick", q.index), kick)
+		}
 		if f := q.call.Load(); f != nil {
 			addFd(fmt.Sprintf("vring %d call", q.index), f)
 		}
