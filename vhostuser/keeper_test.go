@@ -257,6 +257,22 @@ func TestKeeperJournalsOnlyFromTheCurrentServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	back.Close()
+	// The keeper reads the channel on its own goroutine: wait until it
+	// holds the connection (and the first server is the current one).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		c, pk, _, ok, err := s.fetchKeeper(Keeper{Path: path}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			c.Close()
+			pk.c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the keeper never held the connection")
+		}
+	}
 	// The first server's last records, then its death.
 	for i := 0; i < 50; i++ {
 		if err := kc.writeMessage(Header{Request: uint32(ReqSetStatus), Flags: FlagVersion}, u64(uint64(i)), nil); err != nil {
