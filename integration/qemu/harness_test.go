@@ -15,18 +15,11 @@ import (
 	"time"
 )
 
-// bootGuest boots vm on the host's QEMU (sharing a fresh directory),
-// waits for it and returns the result. It fails the test when QEMU or the
-// boot fails; the script's exit code is left for the caller (see
-// mustBoot). On failure of the test, the console log is saved under
-// artifacts/<test>.log.
-func bootGuest(t *testing.T, vm *VM) *Result {
-	t.Helper()
-	return bootGuestWith(t, nil, vm, BootOptions{})
-}
-
-// bootGuestWith is bootGuest with the QEMU q (nil: the host's) and boot
-// options o.
+// bootGuestWith boots vm on the QEMU q (nil: the host's) with boot
+// options o, sharing a fresh directory, waits for it and returns the
+// result. It fails the test when QEMU or the boot fails; the script's exit
+// code is left for the caller (see mustBoot). On failure of the test, the
+// console log is saved under artifacts/<test>.log.
 func bootGuestWith(t *testing.T, q *QEMU, vm *VM, o BootOptions) *Result {
 	t.Helper()
 	ctx := context.Background()

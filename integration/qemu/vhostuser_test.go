@@ -45,7 +45,6 @@ func needQEMU11(t *testing.T) *QEMU {
 	return q
 }
 
-
 // daemonProc is an `nvdimm-backend serve` process that a test can kill
 // with SIGKILL and start again on the same state directory.
 type daemonProc struct {
