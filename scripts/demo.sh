@@ -45,7 +45,7 @@ fi
 # Packages from Debian's archive when missing (QEMU 10.0 from
 # bookworm-backports, ndctl, busybox, ...), then the guest kit beside the
 # QEMU 11.1 root (a Debian forky root, debootstrapped once into the cache).
-note "first run: packages, the guest kit and a QEMU 11.1 root (about 2 minutes in all); later runs: cached"
+note "first run: packages, the guest kit and a QEMU 11.1 root (about 1-2 minutes in all); later runs: cached"
 if [ "$vhost" = 1 ]; then
   "$tmp/nvdimm-guest" --prepare --qemu 11 >"$tmp/prepare.log" 2>&1 &
 else
