@@ -1,11 +1,15 @@
 package qemu
 
 import (
+	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nvdimm-backend/nvdimm-backend/acpi"
 )
 
 // Fast checks of the harness's own pieces that need no guest and no build
@@ -83,12 +87,74 @@ func FuzzParseNFITSPAs(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b)
+		f.Add(b, false)
+		f.Add(b, true)
 	}
-	f.Add([]byte("NFIT"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		parseNFITSPAs(b) //nolint:errcheck // must not panic
+	f.Add([]byte("NFIT"), false)
+	// With fix set, the length field and the checksum are made right
+	// first, so that the fuzzer reaches the structure walk instead of
+	// spending its time on the two header checks.
+	f.Fuzz(func(t *testing.T, b []byte, fix bool) {
+		if fix && len(b) >= acpi.HeaderSize && len(b) <= acpi.MaxTableSize {
+			binary.LittleEndian.PutUint32(b[4:], uint32(len(b)))
+			b[9] = acpi.Checksum(b)
+		}
+		got, err := parseNFITSPAs(b)
+		// The acpi package's codec is the reference: the two readers were
+		// written independently, so a disagreement on a field offset, the
+		// walk or the checksum shows up here.
+		n, aerr := acpi.ParseNFIT(b)
+		if aerr != nil {
+			if err == nil && len(b) <= acpi.MaxTableSize {
+				t.Fatalf("harness accepted a table acpi refuses (%v): %+v", aerr, got)
+			}
+			return
+		}
+		want, orphan, ok := harnessModel(n)
+		if !ok {
+			return // a type-0/1 structure acpi refuses to decode; the harness reads it more loosely
+		}
+		if err != nil {
+			if n.ChecksumOK && !orphan {
+				t.Fatalf("harness refused a table acpi walks with a good checksum: %v", err)
+			}
+			return
+		}
+		if !n.ChecksumOK || orphan {
+			t.Fatalf("harness accepted a table with checksum ok %v, memdev before its SPA %v", n.ChecksumOK, orphan)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("harness read %+v, acpi %+v", got, want)
+		}
 	})
+}
+
+// harnessModel derives what parseNFITSPAs must return from the acpi
+// package's decoding: SPA ranges in table order, each with the handle and
+// flags of the last memdev naming its index (the last SPA of that index).
+// orphan is set when a memdev names an index no earlier SPA has; ok is
+// false when a type-0 or type-1 structure did not decode in acpi.
+func harnessModel(n *acpi.NFIT) (spas []nfitSPA, orphan, ok bool) {
+	byIndex := map[uint16]int{}
+	for _, s := range n.Structures {
+		switch v := s.(type) {
+		case *acpi.SPARange:
+			byIndex[v.Index] = len(spas)
+			spas = append(spas, nfitSPA{index: v.Index, proximity: v.ProximityDomain, base: v.Base, size: v.Length})
+		case *acpi.MemDevMap:
+			i, seen := byIndex[v.SPAIndex]
+			if !seen {
+				orphan = true
+				continue
+			}
+			spas[i].handle, spas[i].flags = v.Handle, v.Flags
+		case *acpi.RawStructure:
+			if v.StructType == acpi.TypeSPA || v.StructType == acpi.TypeMemDev {
+				return nil, false, false
+			}
+		}
+	}
+	return spas, orphan, true
 }
 
 // TestBackportsSourceDerived: install.sh derives the bookworm-backports
