@@ -225,17 +225,85 @@ func TestDecodeBackendMessage(t *testing.T) {
 	}
 }
 
-// FuzzDecodeBackendMessage: the back-end channel decoder never panics.
+// FuzzDecodeBackendMessage: the back-end channel decoder never panics;
+// what it accepts has exactly the fds its request carries and a payload
+// that encodes back to the bytes received (SHMEM_MAP's 7 padding bytes
+// excepted); what it refuses is refused with an error naming the request.
 func FuzzDecodeBackendMessage(f *testing.F) {
-	mp, _ := ShmemMapReq{Len: 4096, Flags: 1}.MarshalBinary()
-	h, _ := Header{uint32(BackendShmemMap), FlagVersion | FlagNeedReply, 40}.MarshalBinary()
-	f.Add(append(h, mp...), uint8(1))
+	mp, _ := ShmemMapReq{ShmID: 1, FdOffset: 4096, ShmOffset: 8192, Len: 4096, Flags: 1}.MarshalBinary()
+	area, _ := VringArea{U64: 1, Size: 4096, Offset: 0}.MarshalBinary()
+	noFd, _ := VringArea{U64: 1 | VringNoFd}.MarshalBinary()
+	st, _ := VringState{Index: 1, Num: 2}.MarshalBinary()
+	obj, _ := SharedObject{}.MarshalBinary()
+	for _, s := range []struct {
+		rt  BackendRequestType
+		p   []byte
+		fds uint8
+	}{
+		{BackendShmemMap, mp, 1}, {BackendShmemUnmap, mp, 0}, {BackendVringHostNotifier, area, 1},
+		{BackendVringHostNotifier, noFd, 0}, {BackendVringCall, st, 0}, {BackendVringErr, st, 0},
+		{BackendSharedObjectAdd, obj, 0}, {BackendSharedObjectLookup, obj, 1}, {BackendConfigChangeMsg, nil, 0},
+		{BackendIOTLBMsg, make([]byte, 64), 0}, {77, nil, 0},
+	} {
+		h, _ := Header{uint32(s.rt), FlagVersion | FlagNeedReply, uint32(len(s.p))}.MarshalBinary()
+		f.Add(append(h, s.p...), s.fds)
+	}
 	f.Fuzz(func(t *testing.T, data []byte, nfds uint8) {
+		var h Header
 		if len(data) < HeaderSize {
+			if h.UnmarshalBinary(data) == nil {
+				t.Fatal("short header accepted")
+			}
 			return
 		}
-		var h Header
-		h.UnmarshalBinary(data[:HeaderSize])
-		DecodeBackendMessage(h, data[HeaderSize:], int(nfds%3))
+		if err := h.UnmarshalBinary(data[:HeaderSize]); err != nil {
+			t.Fatal(err)
+		}
+		payload := data[HeaderSize:]
+		rt := BackendRequestType(h.Request)
+		m, err := DecodeBackendMessage(h, payload, int(nfds%3))
+		if err != nil {
+			if !strings.Contains(err.Error(), rt.String()) {
+				t.Fatalf("error %q does not name the request %v", err, rt)
+			}
+			return
+		}
+		if m.Header != h || h.Check(false) != nil || int(h.Size) != len(payload) {
+			t.Fatalf("%v: accepted header %+v for %d payload bytes", rt, h, len(payload))
+		}
+		wantFds := 0
+		var b []byte
+		switch p := m.Payload.(type) {
+		case nil:
+			if len(payload) != 0 {
+				t.Fatalf("%v: %d payload bytes dropped", rt, len(payload))
+			}
+		case []byte:
+			b = p
+		case ShmemMapReq:
+			b, _ = p.MarshalBinary()
+			if rt == BackendShmemMap {
+				wantFds = 1
+			}
+			payload = append([]byte(nil), payload...)
+			clear(payload[1:8]) // padding, not kept
+		case VringArea:
+			b, _ = p.MarshalBinary()
+			if p.U64&VringNoFd == 0 {
+				wantFds = 1
+			}
+		case VringState:
+			b, _ = p.MarshalBinary()
+		case SharedObject:
+			b, _ = p.MarshalBinary()
+		default:
+			t.Fatalf("%v: payload type %T", rt, p)
+		}
+		if m.Payload != nil && !bytes.Equal(b, payload) {
+			t.Fatalf("%v: payload %x re-encodes to %x", rt, payload, b)
+		}
+		if int(nfds%3) != wantFds {
+			t.Fatalf("%v: accepted with %d fds, want %d", rt, nfds%3, wantFds)
+		}
 	})
 }
