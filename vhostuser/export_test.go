@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"syscall"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -110,31 +112,26 @@ func SnapshotCheck(s *Server, path string) (ab, ac []string, journal, snapshot i
 // session on a throw-away connection, as resume does, without starting
 // rings.
 func replayForTest(s *Server, recs []journalEntry) (*session, error) {
+	drop := func() {
+		for _, r := range recs {
+			closeFds(r.fds)
+		}
+	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
+		drop()
 		return nil, err
 	}
 	unix.Close(fds[1])
 	c, err := unixConnFromFd(fds[0], "replay")
 	if err != nil {
+		drop()
 		return nil, err
 	}
 	sess := newSession(s, c)
-	sess.replaying = true
-	for i, e := range recs {
-		var err error
-		if e.h.Request == keeperReqState {
-			err = sess.applyFlags(e.p)
-		} else {
-			err = sess.dispatch(e.h, e.p, e.fds)
-		}
-		if err != nil {
-			for _, r := range recs[i+1:] {
-				closeFds(r.fds)
-			}
-			sess.teardown()
-			return nil, fmt.Errorf("record %d (%#x): %w", i, e.h.Request, err)
-		}
+	if err := sess.replay(recs); err != nil {
+		sess.teardown()
+		return nil, err
 	}
 	return sess, nil
 }
@@ -257,4 +254,36 @@ func diffSessions(a, b *session) ([]string, error) {
 		}
 	}
 	return diffs, nil
+}
+
+// TestReplayConsumesFdsOnError: a record that fails stops the replay
+// (named by index and request), and the descriptors of that record and of
+// every record after it are closed, as resume relies on.
+func TestReplayConsumesFdsOnError(t *testing.T) {
+	var pipes [2][2]int
+	for i := range pipes {
+		if err := unix.Pipe2(pipes[i][:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(pipes[i][1])
+	}
+	recs := []journalEntry{
+		// Version 2 session flags: refused by applyFlags.
+		{h: Header{Request: keeperReqState, Flags: FlagVersion, Size: 4}, p: []byte{2, 0, 0, 0}, fds: []int{pipes[0][0]}},
+		{h: Header{Request: uint32(ReqSetVringCall), Flags: FlagVersion, Size: 8}, p: u64(0), fds: []int{pipes[1][0]}},
+	}
+	s := &session{queues: []*queue{{index: 0}}}
+	err := s.replay(recs)
+	if err == nil || !strings.Contains(err.Error(), "record 0 (0xff06)") {
+		t.Fatalf("replay: %v, want an error naming record 0 (0xff06)", err)
+	}
+	if s.replaying {
+		t.Error("replaying still set after the replay")
+	}
+	// With every read end closed, a write fails with EPIPE.
+	for i := range pipes {
+		if _, err := unix.Write(pipes[i][1], []byte{0}); !errors.Is(err, unix.EPIPE) {
+			t.Errorf("record %d: write to its pipe: %v, want EPIPE (read end still open)", i, err)
+		}
+	}
 }

@@ -419,21 +419,7 @@ func (s *Server) resume(ctx context.Context, c *net.UnixConn, kc *msgConn, journ
 	s.Stats.Connections.Add(1)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	sess.replaying = true
-	var rerr error
-	for _, e := range journal {
-		var err error
-		if e.h.Request == keeperReqState {
-			err = sess.applyFlags(e.p)
-		} else {
-			err = sess.dispatch(e.h, e.p, e.fds)
-		}
-		if err != nil {
-			rerr = err
-			break
-		}
-	}
-	sess.replaying = false
+	rerr := sess.replay(journal)
 	if rerr == nil {
 		rerr = sess.finishReplay()
 	}
@@ -454,6 +440,32 @@ func (s *Server) resume(ctx context.Context, c *net.UnixConn, kc *msgConn, journ
 		return nil
 	}
 	return err
+}
+
+// replay applies journal records (whose fds it consumes, on error too) to
+// a fresh session with replaying set: nothing is answered, mapped or
+// started. A state record sets the session's flags; any other is handled
+// as the front-end message it was. The first failing record stops the
+// replay and names its index and request.
+func (s *session) replay(recs []journalEntry) error {
+	s.replaying = true
+	defer func() { s.replaying = false }()
+	for i, e := range recs {
+		var err error
+		if e.h.Request == keeperReqState {
+			closeFds(e.fds) // a state record carries none; applyFlags takes none
+			err = s.applyFlags(e.p)
+		} else {
+			err = s.dispatch(e.h, e.p, e.fds)
+		}
+		if err != nil {
+			for _, r := range recs[i+1:] {
+				closeFds(r.fds)
+			}
+			return fmt.Errorf("record %d (%#x): %w", i, e.h.Request, err)
+		}
+	}
+	return nil
 }
 
 // finishReplay starts the rings the journal left started, from the used
