@@ -33,6 +33,44 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	return out
 }
 
+// connectAndFlush connects a front-end to the service at sock, realizes
+// the device with one ring and starts it, checks the SHMEM_MAP that comes
+// with the start (one descriptor), and has one flush (descriptor 0, avail
+// index 0) answered OK. The front-end and its ring are closed when the
+// test ends.
+func connectAndFlush(t *testing.T, sock string, svc *pmem.Service) *rig {
+	t.Helper()
+	f, err := frontend.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, dev: svc.Device, srv: svc.Server, f: f}
+	t.Cleanup(func() {
+		f.Close()
+		if r.vq != nil {
+			r.vq.Close()
+		}
+	})
+	if r.neg, err = f.Realize(proto, 1); err != nil {
+		t.Fatal(err)
+	}
+	f.AddRegion(ramGPA, ramSize)
+	if r.vq, err = f.NewVring(0, 64, ramGPA); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	if m, err := f.ReadBackendRequest(0); err != nil || vhostuser.BackendRequestType(m.Header.Request) != vhostuser.BackendShmemMap || len(m.Fds) != 1 {
+		t.Fatalf("SHMEM_MAP: %+v %v", m, err)
+	}
+	r.flushReq(0, pmem.ReqTypeFlush)
+	r.vq.Publish(0)
+	r.vq.Kicked()
+	if _, err := r.vq.WaitUsed(1, wait); err != nil || r.ret(0) != pmem.RespOK {
+		t.Fatalf("first flush: ret %d %v", r.ret(0), err)
+	}
+	return r
+}
+
 // TestServiceUnmapConfigChangeAndMetrics runs the Service on a real
 // socket: a flush, SHMEM_UNMAP and CONFIG_CHANGE_MSG sent from outside
 // the message loop, metrics registered and unregistered on Close.
@@ -52,35 +90,8 @@ func TestServiceUnmapConfigChangeAndMetrics(t *testing.T) {
 	if err := svc.Server.NotifyConfigChange(); err == nil {
 		t.Fatal("CONFIG_CHANGE_MSG without a front-end succeeded")
 	}
-	f, err := frontend.Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &rig{t: t, dev: svc.Device, srv: svc.Server, f: f}
-	defer func() {
-		f.Close()
-		if r.vq != nil {
-			r.vq.Close()
-		}
-	}()
-	if r.neg, err = f.Realize(proto, 1); err != nil {
-		t.Fatal(err)
-	}
-	f.AddRegion(ramGPA, ramSize)
-	if r.vq, err = f.NewVring(0, 64, ramGPA); err != nil {
-		t.Fatal(err)
-	}
-	r.start()
-	m, err := f.ReadBackendRequest(0)
-	if err != nil || len(m.Fds) != 1 {
-		t.Fatalf("SHMEM_MAP: %v", err)
-	}
-	r.flushReq(0, 0)
-	r.vq.Publish(0)
-	r.vq.Kicked()
-	if _, err := r.vq.WaitUsed(1, wait); err != nil {
-		t.Fatal(err)
-	}
+	r := connectAndFlush(t, sock, svc)
+	f := r.f
 
 	errc := make(chan error, 1)
 	go func() {
@@ -165,34 +176,8 @@ func TestServiceDetachTakeover(t *testing.T) {
 		return svc
 	}
 	svc := start(&countingFlusher{})
-	f, err := frontend.Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &rig{t: t, dev: svc.Device, srv: svc.Server, f: f}
-	defer func() {
-		f.Close()
-		if r.vq != nil {
-			r.vq.Close()
-		}
-	}()
-	if r.neg, err = f.Realize(proto, 1); err != nil {
-		t.Fatal(err)
-	}
-	f.AddRegion(ramGPA, ramSize)
-	if r.vq, err = f.NewVring(0, 64, ramGPA); err != nil {
-		t.Fatal(err)
-	}
-	r.start()
-	if m, err := f.ReadBackendRequest(0); err != nil || vhostuser.BackendRequestType(m.Header.Request) != vhostuser.BackendShmemMap {
-		t.Fatalf("SHMEM_MAP: %+v %v", m, err)
-	}
-	r.flushReq(0, pmem.ReqTypeFlush)
-	r.vq.Publish(0)
-	r.vq.Kicked()
-	if _, err := r.vq.WaitUsed(1, wait); err != nil || r.ret(0) != pmem.RespOK {
-		t.Fatalf("flush before the restart: ret %d %v", r.ret(0), err)
-	}
+	r := connectAndFlush(t, sock, svc)
+	f := r.f
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	if err := svc.Detach(ctx); err != nil {
