@@ -42,6 +42,9 @@ func mapRegion(m MemRegion, fd int) (*region, error) {
 	if total > math.MaxInt {
 		return nil, fmt.Errorf("region gpa %#x: mmap offset %#x + size %#x too large to map", m.GPA, m.MmapOffset, m.Size)
 	}
+	if err := checkFdCovers(fd, total); err != nil {
+		return nil, fmt.Errorf("region gpa %#x size %#x mmap offset %#x: %w", m.GPA, m.Size, m.MmapOffset, err)
+	}
 	whole, err := unix.Mmap(fd, 0, int(total), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("region gpa %#x size %#x: mmap: %w", m.GPA, m.Size, err)
@@ -54,6 +57,23 @@ func mapRegion(m MemRegion, fd int) (*region, error) {
 	r := &region{MemRegion: m, whole: whole, data: whole[m.MmapOffset:total:total], fd: dfd}
 	r.refs.Store(1)
 	return r, nil
+}
+
+// checkFdCovers refuses a regular file (a memfd, a tmpfs or hugetlbfs
+// file) that ends before end, the end of the range about to be mapped
+// from it: a shared mapping maps past the end of a file without error,
+// and the first access to a page there raises SIGBUS, which would kill
+// the back-end on the front-end's word. Device files (device DAX) report
+// no size and are left to mmap.
+func checkFdCovers(fd int, end uint64) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fstat of the descriptor: %w", err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && (st.Size < 0 || uint64(st.Size) < end) {
+		return fmt.Errorf("the descriptor's file has %d bytes, the mapping needs %d", st.Size, end)
+	}
+	return nil
 }
 
 func checkRegion(m MemRegion) error {

@@ -943,6 +943,9 @@ func (s *session) installInflight(fd int, size, off uint64, nq, qsize uint16) er
 	if size == 0 || size > 1<<30 || off%uint64(os.Getpagesize()) != 0 {
 		return fmt.Errorf("area size %d offset %d cannot be mapped", size, off)
 	}
+	if err := checkFdCovers(fd, off+size); err != nil {
+		return fmt.Errorf("area size %d offset %d: %w", size, off, err)
+	}
 	m, err := unix.Mmap(fd, int64(off), int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("mmap: %w", err)
