@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nvdimm-backend/nvdimm-backend/label"
 )
@@ -25,6 +26,9 @@ func FuzzParseCatalog(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ims, err := ParseCatalog(data, "fuzz")
 		if err != nil {
+			if !strings.HasPrefix(err.Error(), "catalog fuzz: ") {
+				t.Fatalf("error %q does not name the catalog", err)
+			}
 			return
 		}
 		for i := range ims {
@@ -39,6 +43,17 @@ func FuzzParseCatalog(f *testing.F) {
 		back, err := ParseCatalog(enc, "re-encoded")
 		if err != nil || len(back) != len(ims) {
 			t.Fatalf("re-encoded catalog does not parse: %v", err)
+		}
+		// ... to the same entries.
+		for i := range ims {
+			a, b := ims[i], back[i]
+			if !a.Created.Equal(b.Created) {
+				t.Fatalf("images[%d] created %v came back as %v", i, a.Created, b.Created)
+			}
+			a.Created, b.Created = time.Time{}, time.Time{}
+			if a != b {
+				t.Fatalf("images[%d]: %+v came back as %+v", i, a, b)
+			}
 		}
 	})
 }

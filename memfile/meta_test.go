@@ -1,12 +1,15 @@
 package memfile
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMetaRoundTrip(t *testing.T) {
@@ -116,10 +119,36 @@ func FuzzParseMeta(f *testing.F) {
 	f.Add([]byte(`{"version":1,"kind":"file","layout":{"guest_size":4194304,"label_size":0,"align":2097152,"backing_size":4194304,"label_offset":4194304},"read_only":true,"slot":-1,"image":"base"}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"version":1,"kind":"file","layout":{"guest_size":2097152,"label_size":0,"align":2097152,"backing_size":2097152,"label_offset":2097152},"slot":-1,"mode":"fsdax","uuid":"u","namespace":"n","prealloc":true,"created":"2026-01-02T03:04:05.5+01:00"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ParseMeta(data, "fuzz")
 		if err != nil {
+			if !strings.HasPrefix(err.Error(), "metadata fuzz: ") {
+				t.Fatalf("error %q does not name the record", err)
+			}
 			return
+		}
+		// What was accepted encodes to a record that parses to the same
+		// thing (nothing accepted is lost or changed by WriteMeta's
+		// encoding).
+		enc, err := json.Marshal(m)
+		if err != nil {
+			t.Fatalf("encode an accepted record: %v", err)
+		}
+		back, err := ParseMeta(enc, "re-encoded")
+		if err != nil {
+			t.Fatalf("re-encoded record %s refused: %v", enc, err)
+		}
+		if !back.Created.Equal(m.Created) {
+			t.Fatalf("created %v came back as %v", m.Created, back.Created)
+		}
+		m2, b2 := *m, *back
+		m2.Created, b2.Created = time.Time{}, time.Time{}
+		if len(m2.Layout.Warnings) == 0 {
+			m2.Layout.Warnings = nil // [] is omitted, and comes back as nil
+		}
+		if !reflect.DeepEqual(m2, b2) {
+			t.Fatalf("round trip: %+v came back as %+v", m2, b2)
 		}
 		// An accepted record is consistent with QEMU's rules.
 		l := m.Layout
