@@ -89,16 +89,17 @@ func Open(path string, o Options) (*Area, error) {
 		}
 		return &Area{path: path, dev: syncFile{f}, size: fi.Size(), dimmSize: o.DIMMSize, slot: o.Slot, close: f.Close}, nil
 	}
-	b, err := openBacking(path, o)
+	// A backing: its guest data as OpenData opens it, plus the label
+	// area.
+	a, err := OpenData(path, o)
 	if err != nil {
 		return nil, err
 	}
-	la, err := b.LabelArea()
+	la, err := a.b.LabelArea()
 	if err != nil {
-		b.Close()
+		a.Close()
 		return nil, err
 	}
-	a := newArea(b, o)
 	a.dev, a.size = la, la.Size()
 	return a, nil
 }
