@@ -251,8 +251,8 @@ func TestAPIErrorStatuses(t *testing.T) {
 
 // TestAPIUserErrorStatuses: every user mistake the production backings,
 // registry and attach flow can meet comes back through the HTTP handler as
-// a 4xx with a stable code and a message naming what was wrong; none is
-// "internal".
+// a 4xx with a stable code and a message naming what was wrong (a backing
+// too large for the free space: 507 no_space); none is "internal".
 func TestAPIUserErrorStatuses(t *testing.T) {
 	stateDir := t.TempDir()
 	backDir := filepath.Join(stateDir, "backings")
@@ -349,6 +349,10 @@ func TestAPIUserErrorStatuses(t *testing.T) {
 		{"small label", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":16777216,"label_size":4096`), 400, "invalid", "at least 128 KiB"},
 		{"no size", "POST", "/v1/devices", create("x", bp("x.img"), ``), 400, "invalid", "no size was given"},
 		{"bad size", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":3145728`), 400, "bad_layout", "not a multiple of"},
+		// A layout that is valid but needs more free space (the 2 EiB
+		// label area of a sparse backing) than any test filesystem has:
+		// memfile's up-front refusal, 507 like a full filesystem.
+		{"no free space", "POST", "/v1/devices", create("x", bp("x.img"), `,"size":2305843009213693952,"label_size":2305843009213693952`), 507, "no_space", "not enough free space in " + backDir},
 		{"image without catalog", "POST", "/v1/devices", `{"name":"x","image":"base"}`, 400, "invalid", "no image catalog"},
 		{"confinement", "POST", "/v1/devices", create("x", "/etc/x.img", `,"size":16777216`), 403, "confinement", `backing path \"/etc/x.img\" refused`},
 		{"relative backing", "POST", "/v1/devices", create("x", "x.img", `,"size":16777216`), 403, "confinement", "must be absolute"},
@@ -438,6 +442,7 @@ func TestAPIServerSideStatuses(t *testing.T) {
 		code   string
 	}{
 		{"create ENOSPC", createErr(pe("fallocate", syscall.ENOSPC)), 507, "no_space"},
+		{"create free-space refusal", createErr(fmt.Errorf("create /b/x.img: %w in /b: 1 MiB free, 2 MiB needed", memfile.ErrNoSpace)), 507, "no_space"},
 		{"create EDQUOT", createErr(pe("write", syscall.EDQUOT)), 507, "no_space"},
 		{"create EFBIG", createErr(pe("truncate", syscall.EFBIG)), 400, "bad_layout"},
 		{"create EIO", createErr(pe("fsync", syscall.EIO)), 500, "internal"},

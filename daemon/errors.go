@@ -97,17 +97,18 @@ func backingErr(err error) error {
 }
 
 // createErr sorts a failure of memfile.Create: a size the filesystem
-// cannot hold is ErrBadLayout, a full filesystem or quota ErrNoSpace, and
-// a refusal that is not from a system call (the path exists now, a stale
-// metadata record, a parent that is a file, too little free space) is
-// ErrConflict; other system errors stay server faults.
+// cannot hold is ErrBadLayout; too little free space up front
+// (memfile.ErrNoSpace) or a full filesystem or quota while writing is
+// ErrNoSpace; a refusal that is not from a system call (the path exists
+// now, a stale metadata record, a parent that is a file) is ErrConflict;
+// other system errors stay server faults.
 func createErr(err error) error {
 	switch {
 	case err == nil || categorized(err):
 		return err
 	case errnoIn(err, syscall.EFBIG):
 		return tag(ErrBadLayout, err)
-	case errnoIn(err, syscall.ENOSPC, syscall.EDQUOT):
+	case errors.Is(err, memfile.ErrNoSpace) || errnoIn(err, syscall.ENOSPC, syscall.EDQUOT):
 		return tag(ErrNoSpace, err)
 	case !isOSError(err):
 		return tag(ErrConflict, err)

@@ -50,6 +50,28 @@ type CreateReport struct {
 	Warnings []string
 }
 
+// ErrNoSpace means a backing could not be created for lack of space: the
+// filesystem had less free space than the backing needs up front, or the
+// filesystem or the user's quota ran out while it was written (the ENOSPC
+// or EDQUOT then stays in the chain as well). Match it with errors.Is.
+var ErrNoSpace = errors.New("not enough free space")
+
+// noSpaceError puts an ENOSPC or EDQUOT failure under ErrNoSpace, its
+// text unchanged.
+type noSpaceError struct{ err error }
+
+func (e noSpaceError) Error() string   { return e.err.Error() }
+func (e noSpaceError) Unwrap() []error { return []error{e.err, ErrNoSpace} }
+
+// markNoSpace returns err under ErrNoSpace if it is an ENOSPC or EDQUOT
+// failure not already there, otherwise err unchanged.
+func markNoSpace(err error) error {
+	if err == nil || errors.Is(err, ErrNoSpace) || !(errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) {
+		return err
+	}
+	return noSpaceError{err}
+}
+
 // sparseReserve is the free space a sparse create needs besides the
 // label area: the metadata record and a little slack.
 const sparseReserve = 64 * KiB
@@ -64,14 +86,18 @@ var statfsFree = func(dir string) (uint64, error) {
 }
 
 // Create makes a new backing at path, never overwriting anything, and
-// writes its metadata record. On any error nothing is left behind.
+// writes its metadata record. On any error nothing is left behind; too
+// little free space is errors.Is ErrNoSpace.
 func Create(path string, o CreateOptions) (*Backing, error) {
 	b, _, err := CreateWithReport(path, o)
 	return b, err
 }
 
 // CreateWithReport is Create that also says how the backing was made.
+// Too little free space, up front or while the backing is written, is
+// errors.Is ErrNoSpace.
 func CreateWithReport(path string, o CreateOptions) (b *Backing, rep CreateReport, err error) {
+	defer func() { err = markNoSpace(err) }()
 	align := o.Align
 	if align == 0 {
 		align = DefaultAlign
@@ -123,8 +149,8 @@ func CreateWithReport(path string, o CreateOptions) (b *Backing, rep CreateRepor
 		if o.Prealloc {
 			how = "--prealloc allocates the whole backing"
 		}
-		return nil, rep, fmt.Errorf("create %s: not enough free space in %s: %s free, %s needed (%s); free some space or choose another directory",
-			path, dir, FormatSize(free), FormatSize(need), how)
+		return nil, rep, fmt.Errorf("create %s: %w in %s: %s free, %s needed (%s); free some space or choose another directory",
+			path, ErrNoSpace, dir, FormatSize(free), FormatSize(need), how)
 	}
 	if !o.Prealloc && free < layout.BackingSize {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("sparse backing of %s on a filesystem with %s free: guest writes beyond that fail and the guest sees a memory error",

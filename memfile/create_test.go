@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -201,7 +202,7 @@ func TestCreateFullFilesystem(t *testing.T) {
 	dir := mountTmpfs(t, "2m")
 	// Prealloc larger than the filesystem: refused by the free-space check.
 	_, err := Create(filepath.Join(dir, "big.img"), CreateOptions{Size: 16 * MiB, Prealloc: true})
-	if err == nil || !strings.Contains(err.Error(), "not enough free space") || !strings.Contains(err.Error(), "--prealloc") {
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "not enough free space") || !strings.Contains(err.Error(), "--prealloc") {
 		t.Fatalf("err = %v", err)
 	}
 	if got := listDir(t, dir); len(got) != 0 {
@@ -220,7 +221,7 @@ func TestCreateFullFilesystem(t *testing.T) {
 	}
 	fill.Close()
 	_, err = Create(filepath.Join(dir, "a.img"), CreateOptions{Size: 16 * MiB, LabelSize: 128 * KiB})
-	if err == nil || !strings.Contains(err.Error(), "not enough free space") {
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "not enough free space") {
 		t.Fatalf("err = %v", err)
 	}
 	if got := listDir(t, dir); strings.Join(got, " ") != "fill" {
@@ -233,11 +234,45 @@ func TestCreateFullFilesystem(t *testing.T) {
 	statfsFree = func(string) (uint64, error) { return TiB, nil }
 	t.Cleanup(func() { statfsFree = saved })
 	_, err = Create(filepath.Join(dir, "b.img"), CreateOptions{Size: 16 * MiB, Prealloc: true})
-	if err == nil || !strings.Contains(err.Error(), "b.img") {
+	if !errors.Is(err, ErrNoSpace) || !errors.Is(err, unix.ENOSPC) || !strings.Contains(err.Error(), "b.img") {
 		t.Fatalf("err = %v", err)
 	}
 	if got := listDir(t, dir); len(got) != 0 {
 		t.Fatalf("left behind %v", got)
+	}
+}
+
+// TestCreateNoSpace: the up-front free-space refusal and an ENOSPC or
+// EDQUOT while writing are errors.Is ErrNoSpace, with their text as it
+// was; other failures are not.
+func TestCreateNoSpace(t *testing.T) {
+	saved := statfsFree
+	statfsFree = func(string) (uint64, error) { return 1 * MiB, nil }
+	t.Cleanup(func() { statfsFree = saved })
+	dir := t.TempDir()
+	p := filepath.Join(dir, "n.img")
+	_, err := Create(p, CreateOptions{Size: 16 * MiB, LabelSize: 2 * MiB})
+	if want := "create " + p + ": not enough free space in " + dir + ": 1 MiB free, "; !errors.Is(err, ErrNoSpace) || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("err = %v, want ErrNoSpace starting %q", err, want)
+	}
+	if got := listDir(t, dir); len(got) != 0 {
+		t.Fatalf("left behind %v", got)
+	}
+
+	for _, errno := range []unix.Errno{unix.ENOSPC, unix.EDQUOT} {
+		cause := fmt.Errorf("create /b/x.img: preallocate: %w", &fs.PathError{Op: "write", Path: "/b/x.img", Err: errno})
+		err := markNoSpace(cause)
+		if !errors.Is(err, ErrNoSpace) || !errors.Is(err, errno) || err.Error() != cause.Error() {
+			t.Errorf("%v: marked %q (ErrNoSpace %v, errno %v)", errno, err, errors.Is(err, ErrNoSpace), errors.Is(err, errno))
+		}
+	}
+	eio := fmt.Errorf("create /b/x.img: fsync: %w", unix.EIO)
+	if err := markNoSpace(eio); err != eio || errors.Is(err, ErrNoSpace) {
+		t.Errorf("EIO marked: %v", err)
+	}
+	already := fmt.Errorf("create /b/x.img: %w in /b", ErrNoSpace)
+	if err := markNoSpace(already); err != already {
+		t.Errorf("an ErrNoSpace error wrapped again: %#v", err)
 	}
 }
 
