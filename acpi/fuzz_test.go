@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/nvdimm-backend/nvdimm-backend/qmp"
 )
 
 // FuzzParseNFIT: any bytes either fail to parse with an error or decode
@@ -122,4 +125,79 @@ func FuzzParseQEMUTopology(f *testing.F) {
 			t.Fatalf("CompareQEMU of the built table: %v %v", diffs, err)
 		}
 	})
+}
+
+// FuzzTopologyFromMemoryDevices: any bytes either give a topology that
+// passes Check or an error prefixed "acpi:"; a bare array's error names
+// the entry; and an accepted reply that the qmp package decodes too gives
+// the same NVDIMMs in the same order (the two decoders were written
+// separately, so a field read differently shows up here).
+func FuzzTopologyFromMemoryDevices(f *testing.F) {
+	if b, err := os.ReadFile("testdata/qmp-query-memory-devices.json"); err == nil {
+		f.Add(b)
+	}
+	for _, s := range []string{
+		`[{"type":"virtio-pmem","data":{"memaddr":1,"size":2}},{"type":"nvdimm","data":{"addr":4294967296,"size":268435456,"slot":3,"node":1}}]`,
+		`{"return":[{"type":"nvdimm","data":{"addr":4294967296,"size":4096,"slot":0,"node":0,"id":"nv0","memdev":"/objects/m","hotplugged":true,"hotpluggable":true}}]}`,
+		`{"query-memory-devices":{"return":[{"type":"nvdimm","data":{"addr":1,"size":1,"slot":255}}]}}`,
+		`[{"type":"nvdimm","data":{"addr":"x"}}]`,
+		`[{"type":"nvdimm","data":{"addr":0,"size":4096,"slot":0}},{"type":"nvdimm","data":{"addr":0,"size":4096,"slot":1}}]`,
+		`[null]`, `null`, `{}`, `[`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		top, err := TopologyFromMemoryDevices(b)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "acpi: ") {
+				t.Fatalf("error %q lacks the package prefix", err)
+			}
+			return
+		}
+		if err := top.Check(); err != nil {
+			t.Fatalf("accepted a topology Check refuses: %v", err)
+		}
+		raw := b
+		if m, err := qmp.DecodeMessage(b); err == nil && m.Kind == qmp.KindReturn {
+			raw = m.Return
+		}
+		ds, err := qmp.DecodeMemoryDevices(raw)
+		if err != nil {
+			return // not a reply qmp reads (a capture file, or looser data)
+		}
+		var nv []qmp.PCDIMMDeviceInfo
+		for _, d := range ds {
+			if d.NVDIMM != nil {
+				nv = append(nv, *d.NVDIMM)
+			}
+		}
+		if len(nv) != len(top.DIMMs) {
+			t.Fatalf("acpi read %d NVDIMMs, qmp %d", len(top.DIMMs), len(nv))
+		}
+		for i, d := range top.DIMMs {
+			q := nv[i]
+			if d.Slot != q.Slot || d.Addr != q.Addr || d.Size != q.Size || int(d.Node) != q.Node {
+				t.Fatalf("nvdimm %d: acpi %+v, qmp %+v", i, d, q)
+			}
+		}
+	})
+}
+
+// TestTopologyFromMemoryDevicesErrors: a bad field of a bare array is
+// reported as that entry's field; it used to come back as a failure to
+// decode the array into the wrapped reply's struct type.
+func TestTopologyFromMemoryDevicesErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		`[{"type":"virtio-pmem","data":{}},{"type":"nvdimm","data":{"addr":"x"}}]`: "entry 1: json: cannot unmarshal string into Go struct field",
+		`[{"type":"nvdimm","data":{"addr":1,"size":2,"slot":0,"node":-1}}]`:        "entry 0: json: cannot unmarshal number -1",
+		`{"return":[{"type":"nvdimm","data":{"addr":-1}}]}`:                        "entry 0: json: cannot unmarshal number -1",
+		`[{"type":"nvdimm","data":{"size":1}}]`:                                    "entry 0: nvdimm without addr, size or slot",
+		`[1`:                                                                       "query-memory-devices JSON",
+		`{"return":5}`:                                                             "query-memory-devices JSON",
+	} {
+		_, err := TopologyFromMemoryDevices([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "Go value of type struct") {
+			t.Errorf("%s: %v, want an error with %q", in, err, want)
+		}
+	}
 }

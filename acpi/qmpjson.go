@@ -1,6 +1,7 @@
 package acpi
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 )
@@ -20,20 +21,34 @@ func TopologyFromMemoryDevices(b []byte) (QEMUTopology, error) {
 			Node uint32  `json:"node"`
 		} `json:"data"`
 	}
-	var list []dev
-	if err := json.Unmarshal(b, &list); err != nil {
+	// The shape is the first byte's choice: an array is the bare reply,
+	// anything else the wrapped one. (Trying the array and falling back
+	// to the wrapper reported a bare array's bad field as a failure to
+	// decode an array into the wrapper's struct type.)
+	var raws []json.RawMessage
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) > 0 && t[0] == '[' {
+		if err := json.Unmarshal(b, &raws); err != nil {
+			return QEMUTopology{}, fmt.Errorf("acpi: query-memory-devices JSON: %w", err)
+		}
+	} else {
 		var wrap struct {
-			Return  []dev `json:"return"`
+			Return  []json.RawMessage `json:"return"`
 			Capture *struct {
-				Return []dev `json:"return"`
+				Return []json.RawMessage `json:"return"`
 			} `json:"query-memory-devices"`
 		}
-		if err2 := json.Unmarshal(b, &wrap); err2 != nil {
-			return QEMUTopology{}, fmt.Errorf("acpi: query-memory-devices JSON: %w", err2)
+		if err := json.Unmarshal(b, &wrap); err != nil {
+			return QEMUTopology{}, fmt.Errorf("acpi: query-memory-devices JSON: %w", err)
 		}
-		list = wrap.Return
+		raws = wrap.Return
 		if wrap.Capture != nil {
-			list = wrap.Capture.Return
+			raws = wrap.Capture.Return
+		}
+	}
+	list := make([]dev, len(raws))
+	for i, r := range raws {
+		if err := json.Unmarshal(r, &list[i]); err != nil {
+			return QEMUTopology{}, fmt.Errorf("acpi: query-memory-devices entry %d: %w", i, err)
 		}
 	}
 	var t QEMUTopology
