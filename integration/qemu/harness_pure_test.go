@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -29,6 +30,9 @@ func TestParseMarkers(t *testing.T) {
 		{markBegin + "\nhello\n", -1, ""},                         // no exit marker: crashed
 		{markBegin + "\n" + markExit + "0@@\n", -1, ""},           // no end marker: cut off
 		{"hello\n" + markExit + "0@@\n" + markEnd + "\n", -1, ""}, // no begin marker
+		// An exit status beyond int: no status (it used to read as the
+		// clamped 9223372036854775807, a code the guest never printed).
+		{markBegin + "\n" + markExit + "99999999999999999999@@\n" + markEnd + "\n", -1, ""},
 	}
 	for i, c := range cases {
 		r := &Result{ExitCode: -1, Console: c.console}
@@ -37,6 +41,45 @@ func TestParseMarkers(t *testing.T) {
 			t.Errorf("case %d: exit %d output %q, want %d %q", i, r.ExitCode, r.Output, c.code, c.output)
 		}
 	}
+}
+
+// FuzzParseMarkers: the console is guest output. Whatever it holds, an
+// exit code other than -1 is one the guest printed in an exit marker
+// after the begin marker and before an end marker, and the output never
+// contains an exit marker itself.
+func FuzzParseMarkers(f *testing.F) {
+	f.Add(markBegin + "\r\nhello\r\n" + markExit + "3@@\r\n" + markEnd + "\r\n")
+	f.Add(markBegin + markExit + "0@@" + markEnd)
+	f.Add(markBegin + "\n" + markExit + "99999999999999999999@@\n" + markEnd)
+	f.Add(markEnd + markExit + "0@@" + markBegin + markExit + "-7@@" + markEnd)
+	f.Add(markBegin + markExit + "007@@" + markEnd)
+	f.Fuzz(func(t *testing.T, console string) {
+		r := &Result{ExitCode: -1, Console: console}
+		parseMarkers(r)
+		if r.ExitCode == -1 {
+			return
+		}
+		c := strings.ReplaceAll(console, "\r\n", "\n")
+		b := strings.Index(c, markBegin)
+		if b < 0 {
+			t.Fatalf("exit %d without a begin marker", r.ExitCode)
+		}
+		rest := c[b+len(markBegin):]
+		m := exitRE.FindStringSubmatchIndex(rest)
+		if m == nil {
+			t.Fatalf("exit %d: no exit marker after the begin marker", r.ExitCode)
+		}
+		digits := strings.TrimLeft(strings.TrimPrefix(rest[m[2]:m[3]], "-"), "0")
+		if want := strings.TrimPrefix(strconv.Itoa(r.ExitCode), "-"); digits != want && !(digits == "" && want == "0") {
+			t.Fatalf("exit %d from the marker %q", r.ExitCode, rest[m[0]:m[1]])
+		}
+		if !strings.Contains(rest[m[1]:], markEnd) {
+			t.Fatalf("exit %d without an end marker after it", r.ExitCode)
+		}
+		if exitRE.MatchString(r.Output) {
+			t.Fatalf("output %q holds an exit marker", r.Output)
+		}
+	})
 }
 
 // TestQEMUCookies checks the harness's cookie formula against the values

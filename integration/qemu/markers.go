@@ -50,8 +50,12 @@ func parseMarkers(res *Result) {
 		return
 	}
 	res.Output = strings.TrimPrefix(rest[:m[0]], "\n")
-	res.ExitCode, _ = strconv.Atoi(rest[m[2]:m[3]])
-	if !strings.Contains(rest[m[1]:], markEnd) {
+	code, err := strconv.Atoi(rest[m[2]:m[3]])
+	if err != nil || !strings.Contains(rest[m[1]:], markEnd) {
+		// An exit status that does not fit an int is no status (Atoi
+		// would give the clamped value, a code the guest never printed).
 		res.ExitCode = -1
+		return
 	}
+	res.ExitCode = code
 }
