@@ -1,6 +1,7 @@
 package libvirthook
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -264,12 +265,32 @@ func readClaim(p string) (*Claim, error) {
 	if err != nil {
 		return nil, fmt.Errorf("libvirt-hook: claim record: %w", err)
 	}
+	return ParseClaim(b, p)
+}
+
+// ParseClaim decodes and checks a claim record; name (its path) is used
+// in errors. The record decides which files release removes, so beyond
+// the version it must name a usable domain and clean absolute backing
+// paths, and hold nothing after the record.
+func ParseClaim(b []byte, name string) (*Claim, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
 	var c Claim
-	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("libvirt-hook: claim record %s: %w", p, err)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("libvirt-hook: claim record %s: %w", name, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("libvirt-hook: claim record %s: trailing data after the record", name)
 	}
 	if c.Version != ClaimVersion {
-		return nil, fmt.Errorf("libvirt-hook: claim record %s: version %d, want %d", p, c.Version, ClaimVersion)
+		return nil, fmt.Errorf("libvirt-hook: claim record %s: version %d, want %d", name, c.Version, ClaimVersion)
+	}
+	if err := validDomainName(c.Domain); err != nil {
+		return nil, fmt.Errorf("libvirt-hook: claim record %s: field domain: %w", name, err)
+	}
+	for i, cb := range c.Backings {
+		if !filepath.IsAbs(cb.Path) || filepath.Clean(cb.Path) != cb.Path || strings.IndexByte(cb.Path, 0) >= 0 {
+			return nil, fmt.Errorf("libvirt-hook: claim record %s: backings[%d]: path %q is not a clean absolute path", name, i, cb.Path)
+		}
 	}
 	return &c, nil
 }
@@ -287,6 +308,13 @@ func release(cfg Config, dir, name string) error {
 	var errs []error
 	for _, b := range c.Backings {
 		if b.Created && b.Ephemeral {
+			// The record is a file: remove only what the configuration
+			// still calls an ephemeral managed backing, never a path a
+			// damaged or planted record names elsewhere.
+			if r, cerr := cfg.Confiner.Check(b.Path); cerr != nil || r != b.Path || !isEphemeral(cfg.Confiner, b.Path) {
+				errs = append(errs, fmt.Errorf("claim record %s: backing %s is not an ephemeral managed backing: not removed", p, b.Path))
+				continue
+			}
 			if err := os.Remove(b.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			} else {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -258,6 +259,110 @@ func FuzzParseDomain(f *testing.F) {
 			if m.Path == "" {
 				t.Fatal("accepted a memory device without a path")
 			}
+		}
+	})
+}
+
+// TestReleaseRemovesOnlyEphemeralManaged: release removes what a claim
+// record lists as created and ephemeral only when the configuration
+// still calls it an ephemeral managed backing; a damaged or planted
+// record naming another file (outside the backing directories, or a
+// managed but persistent one) leaves it in place and says so. Before,
+// release removed whatever path the record gave.
+func TestReleaseRemovesOnlyEphemeralManaged(t *testing.T) {
+	cfg, bd := setup(t)
+	var log bytes.Buffer
+	cfg.Log = &log
+	outside := filepath.Join(t.TempDir(), "precious")
+	persistent := filepath.Join(bd, "persistent.img")
+	eph := filepath.Join(bd, EphemeralDir, "e.img")
+	os.MkdirAll(filepath.Dir(eph), 0o700)
+	for _, p := range []string{outside, persistent, eph} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(cfg.StateDir, "libvirt")
+	os.MkdirAll(dir, 0o700)
+	claim := Claim{Version: ClaimVersion, Domain: "vm1", Backings: []ClaimBacking{
+		{Path: outside, Created: true, Ephemeral: true},
+		{Path: persistent, Created: true, Ephemeral: true},
+		{Path: eph, Created: true, Ephemeral: true},
+	}}
+	b, _ := json.Marshal(claim)
+	if err := os.WriteFile(filepath.Join(dir, "vm1.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Run(cfg, []string{"vm1", "release", "end", "-"}, strings.NewReader(""))
+	if err == nil || !strings.Contains(err.Error(), outside+" is not an ephemeral managed backing") || !strings.Contains(err.Error(), persistent+" is not") {
+		t.Fatalf("release: %v", err)
+	}
+	for _, p := range []string{outside, persistent} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s removed: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(eph); !os.IsNotExist(err) {
+		t.Errorf("ephemeral backing kept: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vm1.json")); !os.IsNotExist(err) {
+		t.Error("claim record kept")
+	}
+}
+
+func TestParseClaimRefusals(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"version":2,"domain":"a","backings":[]}`:                   "version 2",
+		`{"version":1,"domain":"../x","backings":[]}`:                "field domain",
+		`{"version":1,"domain":"a","backings":[{"path":"rel"}]}`:     `backings[0]: path "rel"`,
+		`{"version":1,"domain":"a","backings":[{"path":"/a/../b"}]}`: "not a clean absolute path",
+		`{"version":1,"domain":"a","backings":[]} {}`:                "trailing data",
+		`[]`: "claim record c.json",
+	} {
+		if _, err := ParseClaim([]byte(in), "c.json"); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "c.json") {
+			t.Errorf("%s: %v, want an error with %q", in, err, want)
+		}
+	}
+}
+
+// FuzzParseClaim: a claim record either is refused with an error naming
+// it or has a usable domain name and clean absolute paths, and encodes
+// back to a record that parses to the same claim.
+func FuzzParseClaim(f *testing.F) {
+	f.Add([]byte(`{"version":1,"domain":"vm1","uuid":"c7a5fdbd-cdaf-9455-926a-d65c16db1809","backings":[{"path":"/b/nv.img","readonly":false,"created":true,"ephemeral":false},{"path":"/b/ephemeral/vp.img","readonly":false,"created":true,"ephemeral":true}]}`))
+	f.Add([]byte(`{"version":1,"domain":"vm2","backings":[]}`))
+	f.Add([]byte(`{"version":1,"domain":"..","backings":null}`))
+	f.Add([]byte(`{"version":1,"domain":"a","backings":[{"path":"/a/./b"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseClaim(b, "fuzz.json")
+		if err != nil {
+			if !strings.Contains(err.Error(), "claim record fuzz.json") {
+				t.Fatalf("error %q does not name the record", err)
+			}
+			return
+		}
+		if validDomainName(c.Domain) != nil {
+			t.Fatalf("accepted domain %q", c.Domain)
+		}
+		for _, cb := range c.Backings {
+			if !filepath.IsAbs(cb.Path) || filepath.Clean(cb.Path) != cb.Path {
+				t.Fatalf("accepted path %q", cb.Path)
+			}
+		}
+		enc, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParseClaim(enc, "re-encoded")
+		if err != nil {
+			t.Fatalf("re-encoded %s refused: %v", enc, err)
+		}
+		if len(c.Backings) == 0 {
+			c.Backings = nil // [] and null both come back as what Marshal made of them
+			back.Backings = nil
+		}
+		if !reflect.DeepEqual(c, back) {
+			t.Fatalf("round trip: %+v came back as %+v", c, back)
 		}
 	})
 }
