@@ -335,6 +335,10 @@ func TestAPIUserErrorStatuses(t *testing.T) {
 		return fmt.Sprintf(`{"name":%q,"backing":%q%s}`, name, backing, extra)
 	}
 	attach := func(qmp, as string) string { return fmt.Sprintf(`{"qmp":%q,"as":%q}`, qmp, as) }
+	var backings []string
+	for _, n := range []string{"x.img", "y.img", "small.img", "badmeta.img", "resized.img", "adir", "fifo", "ro.img", "lab.img", "gone.img"} {
+		backings = append(backings, bp(n))
+	}
 	cases := []struct {
 		name, method, path, body string
 		status                   int
@@ -392,6 +396,20 @@ func TestAPIUserErrorStatuses(t *testing.T) {
 		}
 		if w.Code != c.status || e.Code != c.code || !strings.Contains(w.Body.String(), c.want) {
 			t.Errorf("%s: %s %s: %d %s; want %d %q containing %q", c.name, c.method, c.path, w.Code, w.Body, c.status, c.code, c.want)
+		}
+		// The daemon and memfile both name the backing: the message
+		// has it once (its metadata record's path aside), and an
+		// unusable backing is always named.
+		named := 0
+		for _, p := range backings {
+			n := strings.Count(e.Error, p) - strings.Count(e.Error, memfile.MetaPath(p))
+			if n > 1 {
+				t.Errorf("%s: backing %s named %d times: %s", c.name, p, n, e.Error)
+			}
+			named += n
+		}
+		if c.status == http.StatusUnprocessableEntity && named != 1 {
+			t.Errorf("%s: %d backing paths in %q, want 1", c.name, named, e.Error)
 		}
 		t.Logf("%s: %d %s: %s", c.name, w.Code, e.Code, e.Error)
 	}

@@ -103,7 +103,11 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 
 	lock, err := d.lockBacking(snap)
 	if err != nil {
-		return Device{}, fmt.Errorf("device %q: lock %s: %w", name, snap.Backing, err)
+		where := "lock " + snap.Backing
+		if namesPath(err, snap.Backing) {
+			where = "lock"
+		}
+		return Device{}, fmt.Errorf("device %q: %s: %w", name, where, err)
 	}
 	var undo []func()
 	defer func() {

@@ -346,7 +346,7 @@ func (d *Daemon) Create(ctx context.Context, req CreateRequest) (Device, error) 
 		Namespace: req.Namespace, Mode: req.Mode, Slot: slot, ReadOnly: req.ReadOnly,
 	})
 	if err != nil {
-		return Device{}, fmt.Errorf("device %q: backing %s: %w", req.Name, path, err)
+		return Device{}, fmt.Errorf("device %q: %w", req.Name, inBacking(path, err))
 	}
 	dv := &Device{
 		Name: req.Name, Backing: path, BackingSize: info.BackingSize,

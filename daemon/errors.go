@@ -9,7 +9,9 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
+	"strings"
 	"syscall"
 
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
@@ -94,6 +96,38 @@ func backingErr(err error) error {
 		return tag(ErrUnusableBacking, err)
 	}
 	return err
+}
+
+// namesPath reports whether err's text already names path, as memfile's
+// errors do ("backing P: ...", "create P: ...", "P is a named pipe"): a
+// wrapper then leaves the path out, so that a message names it once. A
+// longer path that starts with path (its metadata record P.nvdimm.json)
+// does not count.
+func namesPath(err error, path string) bool {
+	if path == "" {
+		return false
+	}
+	s := err.Error()
+	for off := 0; ; {
+		i := strings.Index(s[off:], path)
+		if i < 0 {
+			return false
+		}
+		end := off + i + len(path)
+		if end == len(s) || strings.IndexByte(": ,;)'\"\n", s[end]) >= 0 {
+			return true
+		}
+		off += i + 1
+	}
+}
+
+// inBacking wraps err as "backing PATH: err", or returns it unchanged if
+// it already names path.
+func inBacking(path string, err error) error {
+	if namesPath(err, path) {
+		return err
+	}
+	return fmt.Errorf("backing %s: %w", path, err)
 }
 
 // createErr sorts a failure of memfile.Create: a size the filesystem

@@ -57,9 +57,10 @@ func Open(path string, o OpenOptions) (*Backing, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
+	// The *fs.PathError of os.Stat, os.OpenFile and f.Stat names path.
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("open backing %s: %w", path, err)
+		return nil, fmt.Errorf("open backing: %w", err)
 	}
 	if fi.IsDir() {
 		return nil, fmt.Errorf("open backing %s: is a directory, not a backing", path)
@@ -71,7 +72,7 @@ func Open(path string, o OpenOptions) (*Backing, error) {
 	}
 	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open backing %s: %w", path, err)
+		return nil, fmt.Errorf("open backing: %w", err)
 	}
 	b, err := newBacking(path, f, meta, o, readOnly)
 	if err != nil {
@@ -84,7 +85,7 @@ func Open(path string, o OpenOptions) (*Backing, error) {
 func newBacking(path string, f *os.File, meta *Meta, o OpenOptions, readOnly bool) (*Backing, error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("open backing %s: %w", path, err)
+		return nil, fmt.Errorf("open backing: %w", err)
 	}
 	d, err := probeDevice(path, f, fi, o.Probe, !readOnly)
 	if err != nil {
