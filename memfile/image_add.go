@@ -68,6 +68,10 @@ func hashImage(r io.ReaderAt, size, dataOff, dataSize uint64, progress func(done
 	return ImageDigests{SHA256: hex.EncodeToString(whole.Sum(nil)), DataSHA256: hex.EncodeToString(data.Sum(nil))}, nil
 }
 
+// infoBlockReserve is the kernel's info_block_reserve(): 8 KiB at the
+// start of a namespace with a PFN or device-DAX info block.
+const infoBlockReserve = 8 * KiB
+
 // probeImageLayout reads what a label-less guest namespace of guestSize
 // bytes at the start of r holds at offset 4 KiB, and returns the layout
 // (without Format and Align) and warnings for the operator. A block with
@@ -87,6 +91,14 @@ func probeImageLayout(r io.ReaderAt, guestSize uint64) (ImageLayout, []string, e
 	if err := ib.Validate(guestSize, label.UUID{}); err != nil {
 		return l, nil, fmt.Errorf("info block at offset %d (for a %d-byte label-less namespace): %w; the guest kernel would refuse it",
 			label.InfoBlockOffset, guestSize, err)
+	}
+	// The kernel keeps the first 8 KiB of the namespace for the info
+	// block (info_block_reserve) and refuses a ram-mode block whose data
+	// starts inside it; a pmem-mode one would get a negative memmap
+	// reserve. Validate (nd_pfn_validate) does not check this.
+	if ib.DataOff < infoBlockReserve {
+		return l, nil, fmt.Errorf("info block at offset %d: dataoff %d lies inside the first %d bytes the kernel reserves for the info block",
+			label.InfoBlockOffset, ib.DataOff, infoBlockReserve)
 	}
 	start := ib.DataOff
 	if ib.VersionMinor >= 1 {
