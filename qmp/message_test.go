@@ -157,6 +157,7 @@ func FuzzDecodeMemoryDevices(f *testing.F) {
 	}
 	f.Add([]byte(`[{"type": "virtio-mem", "data": {"id": 5}}]`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(`[{"type": "dimm", "data": {"id": "d0", "addr": 1, "size": 2, "slot": 0}}, {"type": "sgx-epc", "data": null}, {"type": "virtio-pmem", "data": {"id": "v"}}]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ds, err := DecodeMemoryDevices(b)
 		if err != nil {
@@ -165,10 +166,54 @@ func FuzzDecodeMemoryDevices(f *testing.F) {
 			}
 			return
 		}
-		for _, d := range ds {
-			_ = d.ID()
-			if d.Type == "" || d.Raw == nil {
-				t.Fatalf("member %+v", d)
+		var members []json.RawMessage
+		if err := json.Unmarshal(b, &members); err != nil || len(members) != len(ds) {
+			t.Fatalf("%d devices from %d members (%v)", len(ds), len(members), err)
+		}
+		for i, d := range ds {
+			if d.Type == "" || d.Raw == nil || !json.Valid(d.Raw) {
+				t.Fatalf("member %d: %+v", i, d)
+			}
+			// Exactly the member's type is decoded, and ID reads it.
+			set := 0
+			for _, p := range []bool{d.DIMM != nil, d.NVDIMM != nil, d.VirtioPMEM != nil} {
+				if p {
+					set++
+				}
+			}
+			var id string
+			switch d.Type {
+			case "dimm":
+				if set != 1 || d.DIMM == nil {
+					t.Fatalf("member %d (dimm): %+v", i, d)
+				}
+				id = d.DIMM.ID
+			case "nvdimm":
+				if set != 1 || d.NVDIMM == nil {
+					t.Fatalf("member %d (nvdimm): %+v", i, d)
+				}
+				id = d.NVDIMM.ID
+			case "virtio-pmem":
+				if set != 1 || d.VirtioPMEM == nil {
+					t.Fatalf("member %d (virtio-pmem): %+v", i, d)
+				}
+				id = d.VirtioPMEM.ID
+			default:
+				if set != 0 {
+					t.Fatalf("member %d (%s) decoded as a known type: %+v", i, d.Type, d)
+				}
+				var o struct {
+					ID string `json:"id"`
+				}
+				if json.Unmarshal(d.Raw, &o) == nil {
+					id = o.ID
+				}
+			}
+			if d.ID() != id {
+				t.Fatalf("member %d: ID() %q, data says %q", i, d.ID(), id)
+			}
+			if got, ok := FindMemoryDevice(ds, id); id != "" && (!ok || got.ID() != id) {
+				t.Fatalf("FindMemoryDevice(%q) = %+v, %v", id, got, ok)
 			}
 		}
 	})
