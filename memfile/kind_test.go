@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -287,9 +288,19 @@ func FuzzParseSysfsUint(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		v, err := parseSysfsUint(s, "size")
-		if err == nil && strings.TrimSpace(s) == "" {
+		v, err := parseSysfsUint(s, "/sys/x/size")
+		if err != nil {
+			if !strings.Contains(err.Error(), "/sys/x/size") {
+				t.Fatalf("error %q does not name the file", err)
+			}
+			return
+		}
+		if strings.TrimSpace(s) == "" {
 			t.Fatalf("empty accepted as %d", v)
+		}
+		// The kernel's decimal form of the value reads back the same.
+		if w, err := parseSysfsUint(strconv.FormatUint(v, 10)+"\n", "/sys/x/size"); err != nil || w != v {
+			t.Fatalf("%q read as %d, its decimal form as %d (%v)", s, v, w, err)
 		}
 	})
 }
