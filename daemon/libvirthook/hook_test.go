@@ -254,10 +254,33 @@ func FuzzParseDomain(f *testing.F) {
 		if err != nil {
 			return
 		}
-		_ = d.Check()
+		cerr := d.Check()
+		prev := -1
 		for _, m := range d.Memories {
-			if m.Path == "" {
-				t.Fatal("accepted a memory device without a path")
+			if m.Path == "" || m.Path != strings.TrimSpace(m.Path) {
+				t.Fatalf("accepted memory device path %q", m.Path)
+			}
+			if m.Model != "nvdimm" && m.Model != "virtio-pmem" {
+				t.Fatalf("kept a memory device of model %q", m.Model)
+			}
+			if m.Index <= prev {
+				t.Fatalf("memory indexes out of order: %d after %d", m.Index, prev)
+			}
+			prev = m.Index
+		}
+		if prev >= len(d.Memories)+d.OtherMemories {
+			t.Fatalf("index %d among %d+%d memory devices", prev, len(d.Memories), d.OtherMemories)
+		}
+		// Every violation Check reports names its device.
+		if cerr != nil {
+			j, ok := cerr.(interface{ Unwrap() []error })
+			if !ok {
+				t.Fatalf("Check error %T is not a list of violations", cerr)
+			}
+			for _, e := range j.Unwrap() {
+				if msg := e.Error(); !strings.HasPrefix(msg, "<memory model='") && !strings.Contains(msg, "slots") {
+					t.Fatalf("violation %q names no device", msg)
+				}
 			}
 		}
 	})
