@@ -3,21 +3,36 @@ package main
 // Verbs for the vhost-user virtio-pmem back-end: vhost-user serve.
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/nvdimm-backend/nvdimm-backend/flushhint"
+	"github.com/nvdimm-backend/nvdimm-backend/internal/atomicfile"
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser"
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/pmem"
 )
+
+// serveKeeperCommand runs this program's hidden keeper verb (the keeper
+// socket path is appended). A test binary leaves it nil (running the
+// test binary again would run the tests); the CLI tests set it for the
+// serve processes they start.
+var serveKeeperCommand []string
 
 func init() {
 	register(func() *cobra.Command {
@@ -28,6 +43,11 @@ func init() {
 		cmd.AddCommand(vhostUserServeCmd())
 		return cmd
 	})
+	if !testing.Testing() {
+		if exe, err := os.Executable(); err == nil {
+			serveKeeperCommand = []string{exe, "vhost-user-keeper"}
+		}
+	}
 }
 
 // vhostUserServeInfo is the --json start-up record of `vhost-user serve`.
@@ -39,6 +59,12 @@ type vhostUserServeInfo struct {
 	Flush     string   `json:"flush"`
 	Guarantee string   `json:"guarantee"`
 	QEMUArgs  []string `json:"qemu_args"`
+	// Keeper is the keeper socket ("" with --no-keeper); TakeOver is set
+	// when a keeper was already running (pid KeeperPID): this serve takes
+	// QEMU's connection over from it.
+	Keeper    string `json:"keeper,omitempty"`
+	TakeOver  bool   `json:"take_over,omitempty"`
+	KeeperPID int    `json:"keeper_pid,omitempty"`
 }
 
 // vhostUserServeStats is the --json record printed when serving stops.
@@ -52,12 +78,28 @@ type vhostUserServeStats struct {
 	ShmemMaps   uint64 `json:"shmem_maps"`
 	Syncs       uint64 `json:"syncs"`
 	Coalesced   uint64 `json:"coalesced"`
+	// Connection is what happened to QEMU's connection: "kept" (the
+	// keeper, pid KeeperPID, holds it for the next serve on the same
+	// socket), "released" (the keeper was told to let it go), "none" (no
+	// keeper was running: no front-end had connected, or it had left) or
+	// "closed" (--no-keeper: the socket closed with this process).
+	Connection string `json:"connection"`
+	KeeperPID  int    `json:"keeper_pid,omitempty"`
 }
+
+// Values of vhostUserServeStats.Connection.
+const (
+	connKept     = "kept"
+	connReleased = "released"
+	connNone     = "none"
+	connClosed   = "closed"
+)
 
 func vhostUserServeCmd() *cobra.Command {
 	var socket, backing string
 	var rate float64
 	var burst int
+	var noKeeper, release bool
 	cmd := &cobra.Command{
 		Use:   "serve --socket PATH --backing PATH",
 		Short: "Serve one backing as a virtio-pmem device on a vhost-user socket until interrupted",
@@ -66,14 +108,36 @@ Unix socket (created mode 0600). The backing is mapped into the guest as
 shared-memory region 0 (VIRTIO_PMEM_F_SHMEM_REGION), so its guest size must
 be a power of two, and it must have no label area (as for qemu-args
 --virtio-pmem); guest flushes sync the backing. QEMU 11.1.2 or later
-connects with vhost-user-test-device-pci (see the printed arguments); a
-front-end that disconnects may reconnect. SIGINT or SIGTERM stops serving.`,
+connects with vhost-user-test-device-pci (see the printed arguments).
+
+QEMU 11.1.2 cannot reconnect to a back-end, so by default QEMU's
+connection is also held by a keeper process (socket PATH.keeper, log
+PATH.keeper.log, the backing it belongs to in PATH.keeper.json), which
+outlives this command:
+
+  - SIGINT or SIGTERM stops serving and leaves the connection with the
+    keeper; the guest's flushes wait. Running serve again on the same
+    socket with the same backing takes the connection over, as does a
+    serve started after this one crashed or was killed. A serve with a
+    different backing is refused while the keeper runs.
+  - With --release, SIGINT or SIGTERM instead tells the keeper to let
+    QEMU's connection go: the guest loses the device for good. Stopping
+    the keeper (kill PID, printed on exit) does the same.
+  - The keeper exits by itself when QEMU closes the connection (the VM
+    shut down).
+
+--no-keeper serves without one: the connection closes with this process
+and QEMU 11.1.2 cannot use the device again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if socket == "" || backing == "" {
 				return errors.New("--socket and --backing are required")
 			}
-			return runVhostUserServe(cmd, socket, backing, flushhint.Options{RateLimit: rate, Burst: burst})
+			if noKeeper && release {
+				return errors.New("--release is about the keeper; it has no meaning with --no-keeper")
+			}
+			so := serveOptions{socket: socket, backing: backing, flush: flushhint.Options{RateLimit: rate, Burst: burst}, keeper: !noKeeper, release: release}
+			return runVhostUserServe(cmd, so)
 		},
 	}
 	f := cmd.Flags()
@@ -81,36 +145,79 @@ front-end that disconnects may reconnect. SIGINT or SIGTERM stops serving.`,
 	f.StringVar(&backing, "backing", "", "backing file or device (see create)")
 	f.Float64Var(&rate, "rate-limit", 0, "at most this many syncs per second (0: unlimited); flushes arriving meanwhile share the next sync")
 	f.IntVar(&burst, "burst", 1, "syncs allowed back to back before --rate-limit applies")
+	f.BoolVar(&noKeeper, "no-keeper", false, "no keeper process: QEMU's connection ends with this process")
+	f.BoolVar(&release, "release", false, "on SIGINT/SIGTERM let QEMU's connection go instead of leaving it with the keeper")
 	return cmd
 }
 
-func runVhostUserServe(cmd *cobra.Command, socket, path string, fo flushhint.Options) error {
+type serveOptions struct {
+	socket, backing string
+	flush           flushhint.Options
+	keeper, release bool
+}
+
+func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
+	socket, path := so.socket, so.backing
+	// lockB holds the backing's lock and nothing else. The device maps
+	// (and sends QEMU) a second open of the same file: QEMU keeps its
+	// copy of that descriptor while the guest runs, and a lock on it
+	// would outlive this process and refuse the serve that takes over.
+	lockB, err := memfile.Open(path, memfile.OpenOptions{})
+	if err != nil {
+		return err
+	}
+	defer lockB.Close()
+	// The rules of qemu-args --virtio-pmem (no read-only mode, no label
+	// area, a mappable size) and the shared-memory region's power of two.
+	size, labelSize := lockB.Layout().GuestSize, lockB.Layout().LabelSize
+	if err := pmem.CheckShmemBacking(path, size, labelSize, lockB.ReadOnly()); err != nil {
+		return err
+	}
+	if err := lockB.Lock(memfile.LockExclusive, false); err != nil {
+		return err
+	}
 	b, err := memfile.Open(path, memfile.OpenOptions{})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	// The rules of qemu-args --virtio-pmem (no read-only mode, no label
-	// area, a mappable size) and the shared-memory region's power of two.
-	size, labelSize := b.Layout().GuestSize, b.Layout().LabelSize
-	if err := pmem.CheckShmemBacking(path, size, labelSize, b.ReadOnly()); err != nil {
+	id, err := backingIdentity(lockB, b, size)
+	if err != nil {
 		return err
 	}
-	if err := b.Lock(memfile.LockExclusive, false); err != nil {
-		return err
+	var k vhostuser.Keeper
+	var prev int // pid of a keeper already running
+	if so.keeper {
+		if len(serveKeeperCommand) == 0 {
+			return errors.New("vhost-user serve: cannot find this program to run its keeper; use --no-keeper")
+		}
+		k = vhostuser.Keeper{Path: socket + ".keeper", Start: startServeKeeper}
+		if prev, err = checkKeeper(k.Path, id); err != nil {
+			return err
+		}
 	}
 	strat, err := flushhint.ForBacking(b.Kind(), b.File(), "")
 	if err != nil {
 		return err
 	}
-	engine, err := flushhint.NewEngine(path, strat, fo)
+	engine, err := flushhint.NewEngine(path, strat, so.flush)
 	if err != nil {
 		return err
 	}
 	defer engine.Close()
-	svc, err := pmem.Start(pmem.ServiceOptions{Socket: socket, Name: path}, pmem.Options{Flusher: engine, File: b.File(), Size: size, LabelSize: labelSize, Shmem: true})
+	svc, err := pmem.Start(pmem.ServiceOptions{Socket: socket, Name: path, Keeper: k}, pmem.Options{Flusher: engine, File: b.File(), Size: size, LabelSize: labelSize, Shmem: true})
 	if err != nil {
 		return err
+	}
+	if so.keeper && prev == 0 {
+		// Written after Listen succeeded (a serve refused because
+		// another one listens must not overwrite it) and before any
+		// front-end can have made a keeper start (attachKeeper runs
+		// after an accept, so at worst microseconds later).
+		if err := atomicfile.WriteJSON(k.Path+".json", id, 0o600); err != nil {
+			svc.Close(context.Background())
+			return fmt.Errorf("keeper record: %w", err)
+		}
 	}
 	info := vhostUserServeInfo{
 		Socket: socket, Backing: path, Kind: b.Kind(), Size: size,
@@ -121,10 +228,21 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string, fo flushhint.Opt
 			"-chardev", "socket,id=pmem0,path=" + socket,
 			"-device", fmt.Sprintf("vhost-user-test-device-pci,chardev=pmem0,virtio-id=%d,num_vqs=1,config_size=%d", pmem.DeviceID, pmem.ConfigSize),
 		},
+		Keeper: k.Path, TakeOver: prev != 0, KeeperPID: prev,
 	}
 	if err := output(cmd, info, func(w io.Writer) error {
 		fmt.Fprintf(w, "serving %s (%s, %s) as virtio-pmem on %s\n", path, b.Kind(), memfile.FormatSize(size), socket)
 		fmt.Fprintf(w, "flush: %s with group commit; %s\n", info.Flush, info.Guarantee)
+		switch {
+		case prev != 0:
+			fmt.Fprintf(w, "taking QEMU's connection over from the keeper (pid %d) on %s\n", prev, k.Path)
+		case so.keeper && so.release:
+			fmt.Fprintf(w, "keeper: %s (survives a crash of this command; SIGINT/SIGTERM let QEMU's connection go)\n", k.Path)
+		case so.keeper:
+			fmt.Fprintf(w, "keeper: %s (SIGINT/SIGTERM leave QEMU's connection with it; serve again to take over)\n", k.Path)
+		default:
+			fmt.Fprintf(w, "no keeper: QEMU's connection ends with this process\n")
+		}
 		fmt.Fprintf(w, "QEMU (11.1.2 or later; guest RAM must be shared):\n")
 		for i := 0; i < len(info.QEMUArgs); i += 2 {
 			fmt.Fprintf(w, "  %s %s\n", info.QEMUArgs[i], info.QEMUArgs[i+1])
@@ -139,24 +257,184 @@ func runVhostUserServe(cmd *cobra.Command, socket, path string, fo flushhint.Opt
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cerr := svc.Close(cctx)
+	res := vhostUserServeStats{Connection: connClosed}
+	var cerr error
+	switch {
+	case !so.keeper:
+		cerr = svc.Close(cctx)
+	case so.release:
+		res.Connection = connNone
+		if pid, ok := keeperPID(k.Path); ok {
+			res.Connection, res.KeeperPID = connReleased, pid
+		}
+		cerr = svc.Close(cctx)
+	default:
+		cerr = svc.Detach(cctx)
+		res.Connection = connNone
+		// A keeper that is still there after the session ended holds
+		// QEMU's connection (it exits when QEMU hangs up).
+		if pid, ok := keeperPID(k.Path); ok {
+			res.Connection, res.KeeperPID = connKept, pid
+		}
+	}
 	if err := engine.Close(); err != nil && cerr == nil {
 		cerr = fmt.Errorf("final sync of %s: %w", path, err)
 	}
 	es := engine.Stats()
 	st := &svc.Server.Stats
 	ds := &svc.Device.Stats
-	res := vhostUserServeStats{
-		Connections: st.Connections.Load(), Requests: st.Requests.Load(), BadChains: st.BadChains.Load(),
-		ShmemMaps: st.ShmemMaps.Load(), Flushes: ds.Flushes.Load(), Failures: ds.Failures.Load(), Invalid: ds.Invalid.Load(),
-		Syncs: es.Syncs, Coalesced: es.Coalesced,
-	}
+	res.Connections, res.Requests, res.BadChains = st.Connections.Load(), st.Requests.Load(), st.BadChains.Load()
+	res.ShmemMaps, res.Flushes, res.Failures, res.Invalid = st.ShmemMaps.Load(), ds.Flushes.Load(), ds.Failures.Load(), ds.Invalid.Load()
+	res.Syncs, res.Coalesced = es.Syncs, es.Coalesced
 	if err := output(cmd, res, func(w io.Writer) error {
-		_, err := fmt.Fprintf(w, "stopped: %d connections, %d requests, %d flushes (%d syncs, %d coalesced), %d failed, %d invalid, %d bad chains\n",
+		fmt.Fprintf(w, "stopped: %d connections, %d requests, %d flushes (%d syncs, %d coalesced), %d failed, %d invalid, %d bad chains\n",
 			res.Connections, res.Requests, res.Flushes, res.Syncs, res.Coalesced, res.Failures, res.Invalid, res.BadChains)
+		var err error
+		switch res.Connection {
+		case connKept:
+			_, err = fmt.Fprintf(w, "QEMU's connection is left with the keeper (pid %d); run serve again on %s with the same backing to take it over (kill %d lets QEMU go: the guest loses the device)\n",
+				res.KeeperPID, socket, res.KeeperPID)
+		case connReleased:
+			_, err = fmt.Fprintf(w, "released: the keeper (pid %d) let QEMU's connection go\n", res.KeeperPID)
+		case connNone:
+			_, err = fmt.Fprintf(w, "no front-end connection to keep\n")
+		}
 		return err
 	}); err != nil {
 		return err
 	}
 	return cerr
+}
+
+// keeperRecord names the backing a standalone serve's keeper belongs to
+// (SOCKET.keeper.json): a serve that would take the connection over must
+// serve the same file (device and inode, not only path) at the same guest
+// size, since QEMU keeps the old file mapped.
+type keeperRecord struct {
+	Version int    `json:"version"`
+	Backing string `json:"backing"`
+	Dev     uint64 `json:"dev"`
+	Ino     uint64 `json:"ino"`
+	Size    uint64 `json:"size"`
+}
+
+const keeperRecordVersion = 1
+
+// parseKeeperRecord decodes a keeper record read from path (for errors):
+// exactly one JSON object with known fields, the current version and a
+// backing named.
+func parseKeeperRecord(path string, data []byte) (keeperRecord, error) {
+	var r keeperRecord
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return keeperRecord{}, fmt.Errorf("keeper record %s: %w", path, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return keeperRecord{}, fmt.Errorf("keeper record %s: data after the record", path)
+	}
+	if r.Version != keeperRecordVersion {
+		return keeperRecord{}, fmt.Errorf("keeper record %s: version %d, want %d", path, r.Version, keeperRecordVersion)
+	}
+	if r.Backing == "" || r.Size == 0 {
+		return keeperRecord{}, fmt.Errorf("keeper record %s: no backing or size", path)
+	}
+	return r, nil
+}
+
+// backingIdentity is the record for the backing open as both lockB and
+// b (which must be the same file) with guest size size.
+func backingIdentity(lockB, b *memfile.Backing, size uint64) (keeperRecord, error) {
+	var st, st2 unix.Stat_t
+	if err := unix.Fstat(int(lockB.File().Fd()), &st); err != nil {
+		return keeperRecord{}, fmt.Errorf("stat %s: %w", lockB.Path(), err)
+	}
+	if err := unix.Fstat(int(b.File().Fd()), &st2); err != nil {
+		return keeperRecord{}, fmt.Errorf("stat %s: %w", b.Path(), err)
+	}
+	if st.Dev != st2.Dev || st.Ino != st2.Ino {
+		return keeperRecord{}, fmt.Errorf("backing %s was replaced while it was opened; try again", b.Path())
+	}
+	abs, err := filepath.Abs(b.Path())
+	if err != nil {
+		abs = b.Path()
+	}
+	return keeperRecord{Version: keeperRecordVersion, Backing: abs, Dev: st.Dev, Ino: st.Ino, Size: size}, nil
+}
+
+// checkKeeper looks for a keeper running on kpath and returns its pid (0:
+// none). A running keeper must belong to the backing id: its record
+// (kpath.json) must name the same file and size.
+func checkKeeper(kpath string, id keeperRecord) (int, error) {
+	pid, ok := keeperPID(kpath)
+	if !ok {
+		return 0, nil
+	}
+	rpath := kpath + ".json"
+	data, err := os.ReadFile(rpath)
+	if err != nil {
+		return 0, fmt.Errorf("a keeper (pid %d) holds a front-end connection on %s, but the record of the backing it belongs to cannot be read (%w); refusing to take it over", pid, kpath, err)
+	}
+	r, err := parseKeeperRecord(rpath, data)
+	if err != nil {
+		return 0, fmt.Errorf("a keeper (pid %d) holds a front-end connection on %s; refusing to take it over: %w", pid, kpath, err)
+	}
+	if r.Dev != id.Dev || r.Ino != id.Ino || r.Size != id.Size {
+		return 0, fmt.Errorf("a keeper (pid %d) holds QEMU's connection on %s for backing %s (%s, device %d inode %d); refusing to serve %s (%s, device %d inode %d) in its place: QEMU still has that file mapped. Serve %s again, or stop the keeper (kill %d: the guest loses the device)",
+			pid, kpath, r.Backing, memfile.FormatSize(r.Size), r.Dev, r.Ino, id.Backing, memfile.FormatSize(id.Size), id.Dev, id.Ino, r.Backing, pid)
+	}
+	return pid, nil
+}
+
+// keeperPID returns the pid of the process accepting on the keeper
+// socket kpath (SO_PEERCRED); ok is false when nobody accepts there.
+func keeperPID(kpath string) (pid int, ok bool) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: kpath, Net: "unix"})
+	if err != nil {
+		return 0, false
+	}
+	defer c.Close()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, true
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
+		return 0, true
+	}
+	return int(cred.Pid), true
+}
+
+// startServeKeeper is vhostuser.Keeper.Start for serve: it runs the
+// keeper verb in its own session (it must outlive this process and a
+// terminal's SIGINT), logging to path.log, and waits until it accepts.
+func startServeKeeper(path string) error {
+	logf, err := os.OpenFile(path+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("keeper %s: %w", path, err)
+	}
+	defer logf.Close()
+	kc := exec.Command(serveKeeperCommand[0], append(serveKeeperCommand[1:], path)...)
+	kc.Stdout, kc.Stderr = logf, logf
+	kc.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	if err := kc.Start(); err != nil {
+		return fmt.Errorf("keeper %s: %w", path, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- kc.Wait() }()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("keeper %s exited at start (see %s.log): %v", path, path, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("keeper %s: not listening after 5 s (see %s.log)", path, path)
+		}
+	}
 }
