@@ -313,6 +313,10 @@ func TestAPIUserErrorStatuses(t *testing.T) {
 	sockDir := t.TempDir()
 	plain := filepath.Join(sockDir, "plain")
 	write(plain, 0)
+	qmpDir := filepath.Join(sockDir, "qmpdir")
+	if err := os.Mkdir(qmpDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	stale := listenDummy(t, filepath.Join(sockDir, "stale.qmp")) // bound, not listening
 	notQMP := filepath.Join(sockDir, "ssh.qmp")
 	ln, err := net.Listen("unix", notQMP)
@@ -379,9 +383,11 @@ func TestAPIUserErrorStatuses(t *testing.T) {
 		{"vhost-user unsupported", "POST", "/v1/devices/gone/attach", attach(stale, "vhost-user"), 400, "invalid", "no vhost-user server support"},
 		{"backing gone", "POST", "/v1/devices/gone/attach", attach(stale, "nvdimm"), 422, "unusable_backing", "no such file"},
 		{"QMP missing", "POST", "/v1/devices/lab/attach", attach(filepath.Join(sockDir, "none.qmp"), "nvdimm"), 400, "invalid", "no such file"},
+		{"QMP parent not a directory", "POST", "/v1/devices/lab/attach", attach(filepath.Join(plain, "vm.qmp"), "nvdimm"), 400, "invalid", "not a directory"},
 		{"QMP not a socket", "POST", "/v1/devices/lab/attach", attach(plain, "nvdimm"), 400, "invalid", "not a Unix socket (it is a regular file)"},
-		{"QMP nobody listening", "POST", "/v1/devices/lab/attach", attach(stale, "nvdimm"), 400, "invalid", "connection refused"},
-		{"QMP not QMP", "POST", "/v1/devices/lab/attach", attach(notQMP, "nvdimm"), 400, "invalid", notQMP},
+		{"QMP directory", "POST", "/v1/devices/lab/attach", attach(qmpDir, "nvdimm"), 400, "invalid", "not a Unix socket (it is a directory)"},
+		{"QMP nobody listening", "POST", "/v1/devices/lab/attach", attach(stale, "nvdimm"), 400, "invalid", "connection refused (nothing listens on it"},
+		{"QMP not QMP", "POST", "/v1/devices/lab/attach", attach(notQMP, "nvdimm"), 400, "invalid", "not a QMP socket"},
 		// Detach and delete.
 		{"detach unattached", "POST", "/v1/devices/lab/detach", "", 409, "conflict", "not attached"},
 		{"delete unknown", "DELETE", "/v1/devices/nope", "", 404, "not_found", "no such device"},
@@ -410,6 +416,18 @@ func TestAPIUserErrorStatuses(t *testing.T) {
 		}
 		if c.status == http.StatusUnprocessableEntity && named != 1 {
 			t.Errorf("%s: %d backing paths in %q, want 1", c.name, named, e.Error)
+		}
+		// A refused QMP socket is named exactly once (the daemon, qmp and
+		// net each used to add it), net's "dial unix" text is not repeated.
+		if strings.HasPrefix(c.name, "QMP ") {
+			var req AttachRequest
+			_ = json.Unmarshal([]byte(c.body), &req)
+			if n := strings.Count(e.Error, req.QMP); req.QMP == "" || n != 1 {
+				t.Errorf("%s: QMP socket %q named %d times in %q, want 1", c.name, req.QMP, n, e.Error)
+			}
+			if strings.Contains(e.Error, "dial unix") || strings.Contains(e.Error, "stat ") {
+				t.Errorf("%s: %q repeats a system call's own path text", c.name, e.Error)
+			}
 		}
 		t.Logf("%s: %d %s: %s", c.name, w.Code, e.Code, e.Error)
 	}

@@ -137,6 +137,9 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 		err = d.attachVhostUser(ctx, sess.conn, snap, req, att, &undo)
 	}
 	if err != nil {
+		if namesPath(err, req.QMP) { // a QMP failure names its socket
+			return Device{}, fmt.Errorf("device %q: attach as %s: %w", name, req.As, err)
+		}
 		return Device{}, fmt.Errorf("device %q: attach to %s as %s: %w", name, req.QMP, req.As, err)
 	}
 	att.AttachedAt = d.cfg.Now().UTC()
@@ -377,7 +380,7 @@ func (d *Daemon) session(ctx context.Context, path string) (*vmSession, bool, er
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, false, qmpErr(fmt.Errorf("QMP socket %s: %w", path, err))
+		return nil, false, qmpErr(inQMPSocket(path, err))
 	}
 	if fi.Mode()&os.ModeSocket == 0 {
 		what := "a " + fi.Mode().Type().String()
@@ -391,7 +394,7 @@ func (d *Daemon) session(ctx context.Context, path string) (*vmSession, bool, er
 	}
 	conn, err := d.cfg.DialQMP(ctx, path)
 	if err != nil {
-		return nil, false, qmpErr(fmt.Errorf("QMP socket %s: %w", path, err))
+		return nil, false, qmpErr(inQMPSocket(path, err))
 	}
 	s := &vmSession{path: path, conn: conn}
 	d.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nvdimm-backend/nvdimm-backend/qmp"
 )
 
 // wireQMP is a fake QEMU QMP server on a Unix socket, speaking the real
@@ -29,6 +32,8 @@ type wireQMP struct {
 	conns []net.Conn
 	// refuse maps a command to an error description.
 	refuse map[string]string
+	// hangUpOn lists commands QEMU answers by closing the connection.
+	hangUpOn map[string]bool
 	// memdevs is the query-memory-devices reply (JSON); "" replies {}.
 	// +checklocks:mu
 	memdevs string
@@ -36,7 +41,7 @@ type wireQMP struct {
 
 func newWireQMP(t *testing.T) *wireQMP {
 	t.Helper()
-	w := &wireQMP{path: filepath.Join(t.TempDir(), "vm.qmp"), refuse: map[string]string{}}
+	w := &wireQMP{path: filepath.Join(t.TempDir(), "vm.qmp"), refuse: map[string]string{}, hangUpOn: map[string]bool{}}
 	ln, err := net.Listen("unix", w.path)
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +107,9 @@ func (w *wireQMP) serve(c net.Conn) {
 		w.cmds = append(w.cmds, m)
 		memdevs := w.memdevs
 		w.mu.Unlock()
+		if w.hangUpOn[cmd] {
+			return
+		}
 		reply := map[string]any{"id": m["id"]}
 		if desc, ok := w.refuse[cmd]; ok {
 			reply["error"] = map[string]any{"class": "GenericError", "desc": desc}
@@ -293,4 +301,47 @@ func TestShutdownEventReleases(t *testing.T) {
 	w.event("SHUTDOWN")
 	waitFor(t, func() bool { g, _ := d.Get("pm0"); return g.Attached == nil })
 	assertUnlocked(t, dv.Backing)
+}
+
+// QEMU hanging up in the middle of an attach: the error names the QMP
+// socket once and the failed command once, says the connection closed,
+// and still matches qmp.ErrClosed; the attach is rolled back.
+func TestAttachHangUpNamesSocketOnce(t *testing.T) {
+	for _, cmd := range []string{"qmp_capabilities", "object-add", "device_add"} {
+		t.Run(cmd, func(t *testing.T) {
+			w := newWireQMP(t)
+			w.hangUpOn[cmd] = true
+			stateDir := t.TempDir()
+			d, err := New(Config{StateDir: stateDir, Backings: fileBackings{}, DialQMP: DialQMP,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close(context.Background())
+			ctx := context.Background()
+			dv, err := d.Create(ctx, CreateRequest{Name: "pm0", Backing: DefaultBackingDir(stateDir) + "/pm0.img", Size: 16 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.Attach(ctx, "pm0", AttachRequest{QMP: w.path, As: KindNVDIMM})
+			if err == nil {
+				t.Fatal("attach succeeded")
+			}
+			msg := err.Error()
+			t.Log(msg)
+			if n := strings.Count(msg, w.path); n != 1 {
+				t.Errorf("%q names the QMP socket %d times, want 1", msg, n)
+			}
+			if n := strings.Count(strings.ReplaceAll(msg, w.path, ""), cmd); cmd != "qmp_capabilities" && n != 1 {
+				t.Errorf("%q names %s %d times, want 1", msg, cmd, n)
+			}
+			if !strings.Contains(msg, "QMP connection closed by QEMU") || !errors.Is(err, qmp.ErrClosed) {
+				t.Errorf("%q: does not say (or match) that QEMU closed the connection", msg)
+			}
+			if g, _ := d.Get("pm0"); g.Attached != nil {
+				t.Errorf("attached after the hang-up: %+v", g.Attached)
+			}
+			assertUnlocked(t, dv.Backing)
+		})
+	}
 }

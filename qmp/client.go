@@ -102,7 +102,7 @@ func Dial(ctx context.Context, path string, opt ...Option) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("qmp %s: connect: %w", path, err)
+		return nil, connectErr(path, err)
 	}
 	c := &Client{
 		path:    path,
@@ -119,11 +119,73 @@ func Dial(ctx context.Context, path string, opt ...Option) (*Client, error) {
 		return nil, err
 	}
 	go c.readLoop()
-	if err := c.Execute(ctx, "qmp_capabilities", nil, nil); err != nil {
+	if err := c.execute(ctx, "qmp_capabilities", nil, nil, nil); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("qmp %s: capabilities negotiation: %w", path, err)
 	}
 	return c, nil
+}
+
+// connectError is a failure to connect to the socket at path. net's own
+// error ("dial unix PATH: connect: ...") names the path again, so the text
+// is built from its system error and a reason; the net error stays in the
+// chain for errors.Is (fs.ErrNotExist, syscall.ECONNREFUSED, ...) and
+// errors.As (*net.OpError, net.Error).
+type connectError struct {
+	path, reason string
+	err          error
+}
+
+func (e *connectError) Error() string { return "qmp " + e.path + ": " + e.reason }
+func (e *connectError) Unwrap() error { return e.err }
+
+// connectErr explains err, from connecting to path: a path that is not a
+// socket at all (connect(2) says ECONNREFUSED, as for a socket nobody
+// listens on) says what it is instead.
+func connectErr(path string, err error) error {
+	cause := err
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		cause = oe.Err
+		var se *os.SyscallError
+		if errors.As(cause, &se) && se.Err != nil {
+			cause = se.Err
+		}
+	}
+	reason := "connect: " + cause.Error()
+	switch {
+	case errors.Is(err, unix.ECONNREFUSED):
+		if what := notSocket(path); what != "" {
+			reason = "not a Unix socket (it is " + what + ")"
+		} else {
+			reason += " (nothing listens on it: the VM has exited, or this is not its QMP socket)"
+		}
+	case errors.Is(err, unix.ENOENT):
+		reason += " (no socket at this path: is the VM running, and is this its -qmp path?)"
+	}
+	return &connectError{path: path, reason: reason, err: err}
+}
+
+// notSocket describes what is at path when it exists and is not a socket
+// ("a regular file", "a directory", ...), else "".
+func notSocket(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode()&os.ModeSocket != 0 {
+		return ""
+	}
+	switch {
+	case fi.Mode().IsRegular():
+		return "a regular file"
+	case fi.IsDir():
+		return "a directory"
+	case fi.Mode()&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case fi.Mode()&os.ModeCharDevice != 0:
+		return "a character device"
+	case fi.Mode()&os.ModeDevice != 0:
+		return "a block device"
+	}
+	return "not a socket"
 }
 
 func (c *Client) readGreeting(ctx context.Context) error {
@@ -176,14 +238,20 @@ func (c *Client) Greeting() Greeting { return c.greeting }
 // command has failed.
 func (c *Client) Done() <-chan struct{} { return c.done }
 
-// Err is why the connection closed, or nil while it is open.
+// Err is why the connection closed ("qmp PATH: ..."), or nil while it is
+// open.
 func (c *Client) Err() error {
+	if err := c.closeCause(); err != nil {
+		return fmt.Errorf("qmp %s: %w", c.path, err)
+	}
+	return nil
+}
+
+// closeCause is why the connection closed, without the path, or nil.
+func (c *Client) closeCause() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil {
-		return nil
-	}
-	return fmt.Errorf("qmp %s: %w", c.path, c.err)
+	return c.err
 }
 
 // Close closes the connection, fails pending commands with ErrClosed and
@@ -321,21 +389,32 @@ func (c *Client) deliver(id uint64, haveID bool, r reply) bool {
 // error wrapping *Error. When ctx ends first Execute returns ctx's error;
 // QEMU may still carry the command out.
 func (c *Client) Execute(ctx context.Context, cmd string, args, result any) error {
-	return c.execute(ctx, cmd, args, result, nil)
+	if err := c.execute(ctx, cmd, args, result, nil); err != nil {
+		return c.cmdErr(cmd, err)
+	}
+	return nil
 }
 
+// cmdErr names the socket and the command in err, a failure of cmd: the
+// one place a command's error gets the socket path.
+func (c *Client) cmdErr(cmd string, err error) error {
+	return fmt.Errorf("qmp %s: %s: %w", c.path, cmd, err)
+}
+
+// execute runs one command. Its errors say what went wrong but name
+// neither the socket nor the command: callers add those (cmdErr).
 func (c *Client) execute(ctx context.Context, cmd string, args, result any, fds []int) error {
 	id := c.nextID.Add(1)
 	b, err := json.Marshal(command{Execute: cmd, Arguments: args, ID: id})
 	if err != nil {
-		return fmt.Errorf("qmp %s: %s: encoding arguments: %w", c.path, cmd, err)
+		return fmt.Errorf("encoding arguments: %w", err)
 	}
 	ch := make(chan reply, 1)
 	c.mu.Lock()
 	if c.closed {
 		err := c.err
 		c.mu.Unlock()
-		return fmt.Errorf("qmp %s: %s: %w", c.path, cmd, err)
+		return err
 	}
 	c.pending[id] = ch
 	c.mu.Unlock()
@@ -349,7 +428,7 @@ func (c *Client) execute(ctx context.Context, cmd string, args, result any, fds 
 		if errors.Is(err, net.ErrClosed) || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
 			err = fmt.Errorf("%w: %w", ErrClosed, err)
 		}
-		return fmt.Errorf("qmp %s: %s: sending: %w", c.path, cmd, err)
+		return fmt.Errorf("sending: %w", err)
 	}
 	var r reply
 	select {
@@ -359,15 +438,15 @@ func (c *Client) execute(ctx context.Context, cmd string, args, result any, fds 
 		select { // the reply may have raced the deadline
 		case r = <-ch:
 		default:
-			return fmt.Errorf("qmp %s: %s: no reply: %w", c.path, cmd, context.Cause(ctx))
+			return fmt.Errorf("no reply: %w", context.Cause(ctx))
 		}
 	}
 	if r.err != nil {
-		return fmt.Errorf("qmp %s: %s: %w", c.path, cmd, r.err)
+		return r.err
 	}
 	if result != nil {
 		if err := json.Unmarshal(r.ret, result); err != nil {
-			return fmt.Errorf("qmp %s: %s: decoding the return value: %w: %v", c.path, cmd, ErrMalformed, err)
+			return fmt.Errorf("decoding the return value: %w: %v", ErrMalformed, err)
 		}
 	}
 	return nil

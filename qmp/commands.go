@@ -304,7 +304,11 @@ func (c *Client) DeviceDelWait(ctx context.Context, id string) error {
 		select {
 		case ev, ok := <-sub.Events():
 			if !ok {
-				return fmt.Errorf("qmp %s: waiting for DEVICE_DELETED of %s: %w", c.path, id, c.Err())
+				cause := c.closeCause()
+				if cause == nil { // cannot happen: subscriptions close with the connection
+					cause = ErrClosed
+				}
+				return fmt.Errorf("qmp %s: waiting for DEVICE_DELETED of %s: %w", c.path, id, cause)
 			}
 			var d struct {
 				Device string `json:"device"`

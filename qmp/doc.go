@@ -13,6 +13,14 @@
 // and description. When the socket closes, every pending command fails at
 // once with an error wrapping ErrClosed and Done is closed.
 //
+// Every error names the socket once, at its start: "qmp PATH: " then the
+// command, if any, and why ("connect: connection refused (nothing listens
+// on it ...)", "not a Unix socket (it is a regular file)", "object-add: QMP
+// connection closed by QEMU (EOF)"). The errors underneath are kept for
+// errors.Is and errors.As (fs.ErrNotExist, the syscall errno, *net.OpError,
+// ErrClosed, ErrMalformed, *Error, the context's error) but net's own text,
+// which repeats the path, is not.
+//
 // The typed helpers (object-add of memory-backend-file, device_add of
 // nvdimm, virtio-pmem-pci and vhost-user-test-device-pci, chardev-add of a
 // Unix socket, object-del, device_del, query-memory-devices,

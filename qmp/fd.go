@@ -15,9 +15,12 @@ func (c *Client) GetFD(ctx context.Context, name string, f *os.File) error {
 	}
 	c.fdMu.Lock()
 	defer c.fdMu.Unlock()
-	return fileFD(f, func(fd int) error {
+	if err := fileFD(f, func(fd int) error {
 		return c.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, []int{fd})
-	})
+	}); err != nil {
+		return c.cmdErr("getfd", err)
+	}
+	return nil
 }
 
 // CloseFD makes QEMU close a descriptor passed with GetFD (closefd).
@@ -49,10 +52,12 @@ func (c *Client) AddFD(ctx context.Context, fdsetID *int, f *os.File, opaque str
 	var info AddFDInfo
 	c.fdMu.Lock()
 	defer c.fdMu.Unlock()
-	err := fileFD(f, func(fd int) error {
+	if err := fileFD(f, func(fd int) error {
 		return c.execute(ctx, "add-fd", args, &info, []int{fd})
-	})
-	return info, err
+	}); err != nil {
+		return AddFDInfo{}, c.cmdErr("add-fd", err)
+	}
+	return info, nil
 }
 
 // RemoveFD removes descriptor fd (or, when fd is nil, every descriptor)
