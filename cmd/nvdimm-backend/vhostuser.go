@@ -280,6 +280,10 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 	if err := engine.Close(); err != nil && cerr == nil {
 		cerr = fmt.Errorf("final sync of %s: %w", path, err)
 	}
+	if so.keeper && res.Connection != connKept && keeperGone(k.Path, 2*time.Second) {
+		// Nothing to take over: the record would only be left behind.
+		os.Remove(k.Path + ".json")
+	}
 	es := engine.Stats()
 	st := &svc.Server.Stats
 	ds := &svc.Device.Stats
@@ -384,6 +388,18 @@ func checkKeeper(kpath string, id keeperRecord) (int, error) {
 			pid, kpath, r.Backing, memfile.FormatSize(r.Size), r.Dev, r.Ino, id.Backing, memfile.FormatSize(id.Size), id.Dev, id.Ino, r.Backing, pid)
 	}
 	return pid, nil
+}
+
+// keeperGone waits up to within for nobody to accept on kpath.
+func keeperGone(kpath string, within time.Duration) bool {
+	for deadline := time.Now().Add(within); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok := keeperPID(kpath); !ok {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }
 
 // keeperPID returns the pid of the process accepting on the keeper

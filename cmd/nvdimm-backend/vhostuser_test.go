@@ -492,6 +492,9 @@ func TestCLIVhostUserServeKeeperRestart(t *testing.T) {
 	if r.hungUp(100 * time.Millisecond) {
 		t.Fatal("the front-end saw the back-end leave at SIGTERM")
 	}
+	if _, err := os.Stat(kpath + ".json"); err != nil {
+		t.Fatalf("keeper record gone while the keeper holds the connection: %v", err)
+	}
 
 	// --release: take over once more, then let go for good.
 	s3 := startServeProc(t, "--socket", sock, "--backing", p, "--release")
@@ -512,6 +515,9 @@ func TestCLIVhostUserServeKeeperRestart(t *testing.T) {
 	}
 	if !waitNoKeeper(kpath, 5*time.Second) {
 		t.Fatal("the keeper still runs after the release")
+	}
+	if _, err := os.Stat(kpath + ".json"); !os.IsNotExist(err) {
+		t.Errorf("keeper record left after the release: %v", err)
 	}
 }
 
@@ -549,6 +555,9 @@ func TestCLIVhostUserServeKeeperExitsWithFrontend(t *testing.T) {
 	s.record(&res)
 	if res.Connection != connNone || res.KeeperPID != 0 || res.Connections != 1 || res.Flushes != 1 {
 		t.Fatalf("stop record %+v", res)
+	}
+	if _, err := os.Stat(kpath + ".json"); !os.IsNotExist(err) {
+		t.Errorf("keeper record left with no keeper: %v", err)
 	}
 }
 
