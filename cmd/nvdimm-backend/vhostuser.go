@@ -291,18 +291,18 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 	res.ShmemMaps, res.Flushes, res.Failures, res.Invalid = st.ShmemMaps.Load(), ds.Flushes.Load(), ds.Failures.Load(), ds.Invalid.Load()
 	res.Syncs, res.Coalesced = es.Syncs, es.Coalesced
 	if err := output(cmd, res, func(w io.Writer) error {
-		fmt.Fprintf(w, "stopped: %d connections, %d requests, %d flushes (%d syncs, %d coalesced), %d failed, %d invalid, %d bad chains\n",
-			res.Connections, res.Requests, res.Flushes, res.Syncs, res.Coalesced, res.Failures, res.Invalid, res.BadChains)
-		var err error
+		// The counters come last: scripts show the last line.
 		switch res.Connection {
 		case connKept:
-			_, err = fmt.Fprintf(w, "QEMU's connection is left with the keeper (pid %d); run serve again on %s with the same backing to take it over (kill %d lets QEMU go: the guest loses the device)\n",
+			fmt.Fprintf(w, "QEMU's connection is left with the keeper (pid %d); run serve again on %s with the same backing to take it over (kill %d lets QEMU go: the guest loses the device)\n",
 				res.KeeperPID, socket, res.KeeperPID)
 		case connReleased:
-			_, err = fmt.Fprintf(w, "released: the keeper (pid %d) let QEMU's connection go\n", res.KeeperPID)
+			fmt.Fprintf(w, "released: the keeper (pid %d) let QEMU's connection go\n", res.KeeperPID)
 		case connNone:
-			_, err = fmt.Fprintf(w, "no front-end connection to keep\n")
+			fmt.Fprintf(w, "no front-end connection to keep\n")
 		}
+		_, err := fmt.Fprintf(w, "stopped: %d connections, %d requests, %d flushes (%d syncs, %d coalesced), %d failed, %d invalid, %d bad chains\n",
+			res.Connections, res.Requests, res.Flushes, res.Syncs, res.Coalesced, res.Failures, res.Invalid, res.BadChains)
 		return err
 	}); err != nil {
 		return err

@@ -594,3 +594,40 @@ func FuzzParseKeeperRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestCLIVhostUserServeHumanExit: without --json, serve says where its
+// keeper is and, on SIGTERM with no front-end, that there was nothing to
+// keep, then ends with the counters (scripts show the last line).
+func TestCLIVhostUserServeHumanExit(t *testing.T) {
+	dir := t.TempDir()
+	p, sock := filepath.Join(dir, "p.img"), filepath.Join(dir, "p.sock")
+	if _, err := runMemfileCLI(t, "create", p, "--size", "4M"); err != nil {
+		t.Fatal(err)
+	}
+	hc := helperCommand()
+	cmd := exec.Command(hc[0], append(hc[1:], "vhost-user", "serve", "--socket", sock, "--backing", p, "--log-level", "error")...)
+	cmd.Env = append(os.Environ(), cliHelperEnv+"=1")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill() //nolint:errcheck
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("socket never appeared: %s", errOut.String())
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if !strings.Contains(out.String(), "keeper: "+sock+".keeper (SIGINT/SIGTERM leave QEMU's connection with it") ||
+		len(lines) < 2 || lines[len(lines)-2] != "no front-end connection to keep" || !strings.HasPrefix(lines[len(lines)-1], "stopped: 0 connections") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+}
