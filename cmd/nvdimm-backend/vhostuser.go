@@ -3,23 +3,17 @@ package main
 // Verbs for the vhost-user virtio-pmem back-end: vhost-user serve.
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/nvdimm-backend/nvdimm-backend/flushhint"
 	"github.com/nvdimm-backend/nvdimm-backend/internal/atomicfile"
@@ -181,7 +175,7 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 		return err
 	}
 	defer b.Close()
-	id, err := backingIdentity(lockB, b, size)
+	id, err := pmem.BackingIdentity(lockB, b, size)
 	if err != nil {
 		return err
 	}
@@ -192,7 +186,7 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 			return errors.New("vhost-user serve: cannot find this program to run its keeper; use --no-keeper")
 		}
 		k = vhostuser.Keeper{Path: socket + ".keeper", Start: startServeKeeper}
-		if prev, err = checkKeeper(k.Path, id); err != nil {
+		if prev, err = pmem.CheckKeeper(k.Path, id); err != nil {
 			return err
 		}
 	}
@@ -264,7 +258,7 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 		cerr = svc.Close(cctx)
 	case so.release:
 		res.Connection = connNone
-		if pid, ok := keeperPID(k.Path); ok {
+		if pid, ok := vhostuser.KeeperPID(k.Path); ok {
 			res.Connection, res.KeeperPID = connReleased, pid
 		}
 		cerr = svc.Close(cctx)
@@ -273,14 +267,14 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 		res.Connection = connNone
 		// A keeper that is still there after the session ended holds
 		// QEMU's connection (it exits when QEMU hangs up).
-		if pid, ok := keeperPID(k.Path); ok {
+		if pid, ok := vhostuser.KeeperPID(k.Path); ok {
 			res.Connection, res.KeeperPID = connKept, pid
 		}
 	}
 	if err := engine.Close(); err != nil && cerr == nil {
 		cerr = fmt.Errorf("final sync of %s: %w", path, err)
 	}
-	if so.keeper && res.Connection != connKept && keeperGone(k.Path, 2*time.Second) {
+	if so.keeper && res.Connection != connKept && vhostuser.KeeperGone(k.Path, 2*time.Second) {
 		// Nothing to take over: the record would only be left behind.
 		os.Remove(k.Path + ".json")
 	}
@@ -310,147 +304,7 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 	return cerr
 }
 
-// keeperRecord names the backing a standalone serve's keeper belongs to
-// (SOCKET.keeper.json): a serve that would take the connection over must
-// serve the same file (device and inode, not only path) at the same guest
-// size, since QEMU keeps the old file mapped.
-type keeperRecord struct {
-	Version int    `json:"version"`
-	Backing string `json:"backing"`
-	Dev     uint64 `json:"dev"`
-	Ino     uint64 `json:"ino"`
-	Size    uint64 `json:"size"`
-}
-
-const keeperRecordVersion = 1
-
-// parseKeeperRecord decodes a keeper record read from path (for errors):
-// exactly one JSON object with known fields, the current version and a
-// backing named.
-func parseKeeperRecord(path string, data []byte) (keeperRecord, error) {
-	var r keeperRecord
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return keeperRecord{}, fmt.Errorf("keeper record %s: %w", path, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return keeperRecord{}, fmt.Errorf("keeper record %s: data after the record", path)
-	}
-	if r.Version != keeperRecordVersion {
-		return keeperRecord{}, fmt.Errorf("keeper record %s: version %d, want %d", path, r.Version, keeperRecordVersion)
-	}
-	if r.Backing == "" || r.Size == 0 {
-		return keeperRecord{}, fmt.Errorf("keeper record %s: no backing or size", path)
-	}
-	return r, nil
-}
-
-// backingIdentity is the record for the backing open as both lockB and
-// b (which must be the same file) with guest size size.
-func backingIdentity(lockB, b *memfile.Backing, size uint64) (keeperRecord, error) {
-	var st, st2 unix.Stat_t
-	if err := unix.Fstat(int(lockB.File().Fd()), &st); err != nil {
-		return keeperRecord{}, fmt.Errorf("stat %s: %w", lockB.Path(), err)
-	}
-	if err := unix.Fstat(int(b.File().Fd()), &st2); err != nil {
-		return keeperRecord{}, fmt.Errorf("stat %s: %w", b.Path(), err)
-	}
-	if st.Dev != st2.Dev || st.Ino != st2.Ino {
-		return keeperRecord{}, fmt.Errorf("backing %s was replaced while it was opened; try again", b.Path())
-	}
-	abs, err := filepath.Abs(b.Path())
-	if err != nil {
-		abs = b.Path()
-	}
-	return keeperRecord{Version: keeperRecordVersion, Backing: abs, Dev: st.Dev, Ino: st.Ino, Size: size}, nil
-}
-
-// checkKeeper looks for a keeper running on kpath and returns its pid (0:
-// none). A running keeper must belong to the backing id: its record
-// (kpath.json) must name the same file and size.
-func checkKeeper(kpath string, id keeperRecord) (int, error) {
-	pid, ok := keeperPID(kpath)
-	if !ok {
-		return 0, nil
-	}
-	rpath := kpath + ".json"
-	data, err := os.ReadFile(rpath)
-	if err != nil {
-		return 0, fmt.Errorf("a keeper (pid %d) holds a front-end connection on %s, but the record of the backing it belongs to cannot be read (%w); refusing to take it over", pid, kpath, err)
-	}
-	r, err := parseKeeperRecord(rpath, data)
-	if err != nil {
-		return 0, fmt.Errorf("a keeper (pid %d) holds a front-end connection on %s; refusing to take it over: %w", pid, kpath, err)
-	}
-	if r.Dev != id.Dev || r.Ino != id.Ino || r.Size != id.Size {
-		return 0, fmt.Errorf("a keeper (pid %d) holds QEMU's connection on %s for backing %s (%s, device %d inode %d); refusing to serve %s (%s, device %d inode %d) in its place: QEMU still has that file mapped. Serve %s again, or stop the keeper (kill %d: the guest loses the device)",
-			pid, kpath, r.Backing, memfile.FormatSize(r.Size), r.Dev, r.Ino, id.Backing, memfile.FormatSize(id.Size), id.Dev, id.Ino, r.Backing, pid)
-	}
-	return pid, nil
-}
-
-// keeperGone waits up to within for nobody to accept on kpath.
-func keeperGone(kpath string, within time.Duration) bool {
-	for deadline := time.Now().Add(within); ; time.Sleep(20 * time.Millisecond) {
-		if _, ok := keeperPID(kpath); !ok {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
-}
-
-// keeperPID returns the pid of the process accepting on the keeper
-// socket kpath (SO_PEERCRED); ok is false when nobody accepts there.
-func keeperPID(kpath string) (pid int, ok bool) {
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: kpath, Net: "unix"})
-	if err != nil {
-		return 0, false
-	}
-	defer c.Close()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return 0, true
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
-		return 0, true
-	}
-	return int(cred.Pid), true
-}
-
-// startServeKeeper is vhostuser.Keeper.Start for serve: it runs the
-// keeper verb in its own session (it must outlive this process and a
-// terminal's SIGINT), logging to path.log, and waits until it accepts.
+// startServeKeeper is vhostuser.Keeper.Start for serve.
 func startServeKeeper(path string) error {
-	logf, err := os.OpenFile(path+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("keeper %s: %w", path, err)
-	}
-	defer logf.Close()
-	kc := exec.Command(serveKeeperCommand[0], append(serveKeeperCommand[1:], path)...)
-	kc.Stdout, kc.Stderr = logf, logf
-	kc.SysProcAttr = &unix.SysProcAttr{Setsid: true}
-	if err := kc.Start(); err != nil {
-		return fmt.Errorf("keeper %s: %w", path, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- kc.Wait() }()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case err := <-exited:
-			return fmt.Errorf("keeper %s exited at start (see %s.log): %v", path, path, err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("keeper %s: not listening after 5 s (see %s.log)", path, path)
-		}
-	}
+	return vhostuser.StartKeeperProcess(serveKeeperCommand, path)
 }

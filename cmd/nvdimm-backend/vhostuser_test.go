@@ -20,6 +20,7 @@ import (
 
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser"
 	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/frontend"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/pmem"
 )
 
 // TestCLIVhostUserServe serves a backing with --no-keeper (the verb as it
@@ -405,7 +406,7 @@ func (r *feRig) hungUp(within time.Duration) bool {
 
 func waitNoKeeper(kpath string, within time.Duration) bool {
 	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if _, ok := keeperPID(kpath); !ok {
+		if _, ok := vhostuser.KeeperPID(kpath); !ok {
 			return true
 		}
 	}
@@ -431,7 +432,7 @@ func TestCLIVhostUserServeKeeperRestart(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() {
-		if pid, ok := keeperPID(kpath); ok && pid > 0 {
+		if pid, ok := vhostuser.KeeperPID(kpath); ok && pid > 0 {
 			syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
 		}
 	})
@@ -443,7 +444,7 @@ func TestCLIVhostUserServeKeeperRestart(t *testing.T) {
 	}
 	r := connectFrontend(t, sock)
 	r.flushAnswered(r.publishFlush())
-	kpid, ok := keeperPID(kpath)
+	kpid, ok := vhostuser.KeeperPID(kpath)
 	if !ok || kpid <= 0 {
 		t.Fatalf("no keeper on %s after a front-end connected (pid %d)", kpath, kpid)
 	}
@@ -451,7 +452,7 @@ func TestCLIVhostUserServeKeeperRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if kr, err := parseKeeperRecord(kpath+".json", rec); err != nil || kr.Backing != p || kr.Size != 4<<20 {
+	if kr, err := pmem.ParseKeeperRecord(kpath+".json", rec); err != nil || kr.Backing != p || kr.Size != 4<<20 {
 		t.Fatalf("keeper record %+v, %v", kr, err)
 	}
 
@@ -459,7 +460,7 @@ func TestCLIVhostUserServeKeeperRestart(t *testing.T) {
 	pending := r.publishFlush()
 	s1.cmd.Process.Kill() //nolint:errcheck
 	<-s1.exited
-	if _, ok := keeperPID(kpath); !ok {
+	if _, ok := vhostuser.KeeperPID(kpath); !ok {
 		t.Fatal("the keeper died with serve")
 	}
 	if r.hungUp(100 * time.Millisecond) {
@@ -532,7 +533,7 @@ func TestCLIVhostUserServeKeeperExitsWithFrontend(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if pid, ok := keeperPID(kpath); ok && pid > 0 {
+		if pid, ok := vhostuser.KeeperPID(kpath); ok && pid > 0 {
 			syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
 		}
 	})
@@ -541,7 +542,7 @@ func TestCLIVhostUserServeKeeperExitsWithFrontend(t *testing.T) {
 	s.record(&info)
 	r := connectFrontend(t, sock)
 	r.flushAnswered(r.publishFlush())
-	if _, ok := keeperPID(kpath); !ok {
+	if _, ok := vhostuser.KeeperPID(kpath); !ok {
 		t.Fatal("no keeper after a front-end connected")
 	}
 	r.f.Conn.Close()
@@ -559,40 +560,6 @@ func TestCLIVhostUserServeKeeperExitsWithFrontend(t *testing.T) {
 	if _, err := os.Stat(kpath + ".json"); !os.IsNotExist(err) {
 		t.Errorf("keeper record left with no keeper: %v", err)
 	}
-}
-
-// FuzzParseKeeperRecord: the keeper record is a file anyone with access
-// to the socket's directory can edit. A refusal names the file; an
-// accepted record has the current version and a backing, and re-encodes
-// to a record that parses to the same fields.
-func FuzzParseKeeperRecord(f *testing.F) {
-	f.Add([]byte(`{"version":1,"backing":"/b/p.img","dev":2049,"ino":12,"size":4194304}`))
-	f.Add([]byte(`{"version":2,"backing":"/b/p.img","dev":1,"ino":1,"size":1}`))
-	f.Add([]byte(`{"version":1,"backing":"","size":1}`))
-	f.Add([]byte(`{"version":1,"backing":"x","size":1,"pid":3}`))
-	f.Add([]byte(`{"version":1,"backing":"x","size":1} {}`))
-	f.Add([]byte(`[]`))
-	const path = "/s/p.sock.keeper.json"
-	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := parseKeeperRecord(path, data)
-		if err != nil {
-			if !strings.Contains(err.Error(), path) {
-				t.Fatalf("refusal does not name the record: %v", err)
-			}
-			return
-		}
-		if r.Version != keeperRecordVersion || r.Backing == "" || r.Size == 0 {
-			t.Fatalf("accepted %+v", r)
-		}
-		b, err := json.Marshal(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r2, err := parseKeeperRecord(path, b)
-		if err != nil || r2 != r {
-			t.Fatalf("round trip %+v -> %s -> %+v, %v", r, b, r2, err)
-		}
-	})
 }
 
 // TestCLIVhostUserServeHumanExit: without --json, serve says where its
