@@ -3,7 +3,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,8 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -276,13 +273,7 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 		saveConsoleOnFailure(t, t.Name(), res.Console)
 	}
 	if errors.Is(err, errQEMUDied) {
-		var last []string
-		for _, l := range strings.Split(res.Console, "\n") {
-			if strings.HasPrefix(strings.TrimSpace(l), "qemu-system-x86_64: ") {
-				last = append(last, strings.TrimSpace(l))
-			}
-		}
-		t.Fatalf("QEMU exited while serve was restarted. QEMU said:\n%s", strings.Join(last, "\n"))
+		t.Fatalf("QEMU exited while serve was restarted. QEMU said:\n%s", qemuSaid(res.Console))
 	}
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("guest: %v (script exit %d)\n%s", err, resExit(res), tail(resConsole(res), 60))
@@ -304,41 +295,7 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 		t.Errorf("last serve's stop record %+v: want connection none (QEMU gone, keeper exited)", afterTerm)
 	}
 
-	var sr seqlogResult
-	b, _ := res.Read("seqlog.json")
-	if err := json.Unmarshal(b, &sr); err != nil {
-		t.Fatalf("guest seqlog result %q: %v", b, err)
-	}
-	if dm, _ := res.Read("dmesg.txt"); bytes.Contains(bytes.ToLower(dm), []byte("error")) {
-		t.Errorf("guest kernel reported errors:\n%s", dm)
-	}
-	ab, _ := res.Read("acked")
-	var acked []uint64
-	for _, l := range strings.Split(strings.TrimSpace(string(ab)), "\n") {
-		f := strings.Fields(l)
-		if len(f) != 2 {
-			continue
-		}
-		s, _ := strconv.ParseUint(f[0], 10, 64)
-		acked = append(acked, s)
-	}
-	if uint64(len(acked)) != sr.Records || len(acked) == 0 {
-		t.Fatalf("ack log has %d records, guest reports %d", len(acked), sr.Records)
-	}
-	found, torn, err := scanRecords(backing)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lost []uint64
-	for _, s := range acked {
-		if !found[s] {
-			lost = append(lost, s)
-		}
-	}
-	if len(lost) > 0 {
-		t.Errorf("%d of %d acknowledged records are not in the host backing (first: %v); torn blocks: %d",
-			len(lost), len(acked), lost[:min(10, len(lost))], torn)
-	}
+	sr, acked, lost := checkSeqlogDurable(t, res, backing)
 	for _, r := range []struct {
 		who string
 		rec serveRecord

@@ -659,19 +659,34 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 		if lost > 0 {
 			t.Errorf("%d acknowledged records are not in the host backing", lost)
 		}
-		var last []string
-		for _, l := range strings.Split(res.Console, "\n") {
-			if strings.HasPrefix(strings.TrimSpace(l), "qemu-system-x86_64: ") {
-				last = append(last, strings.TrimSpace(l))
-			}
-		}
-		t.Fatalf("QEMU exited when the killed back-end was restarted: the guest and its loop are gone (stall: unbounded). QEMU said:\n%s", strings.Join(last, "\n"))
+		t.Fatalf("QEMU exited when the killed back-end was restarted: the guest and its loop are gone (stall: unbounded). QEMU said:\n%s", qemuSaid(res.Console))
 	}
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("guest: %v (script exit %d)\n%s", err, resExit(res), tail(resConsole(res), 60))
 	}
 
-	var sr seqlogResult
+	sr, acked, lost := checkSeqlogDurable(t, res, backing)
+	// The stall: the longest write+fsync, which spans the outage.
+	stall := time.Duration(sr.MaxUs) * time.Microsecond
+	outage := restartedAt.Sub(killedAt)
+	t.Logf("daemon restart: %d records acknowledged (%d before the kill, %d by the restart), %d of them in the host backing; guest stalled %s in one write+fsync (record %d; p50 %.0f us), daemon down %s; flushes counted by the new daemon: %v",
+		len(acked), ackAtKill, ackAtRestart, len(acked)-len(lost), stall.Round(time.Millisecond), sr.MaxAtSeq, sr.P50us, outage.Round(time.Millisecond), flushesAfter)
+	if flushesAfter <= 0 {
+		t.Errorf("the restarted daemon counted no flushes (%v): the guest's fsyncs did not reach it", flushesAfter)
+	}
+	if stall < outage/2 {
+		// The guest cannot have flushed while nothing served the queue.
+		t.Errorf("longest guest write+fsync %s is shorter than the daemon's outage %s: a flush completed without a back-end?", stall, outage)
+	}
+}
+
+// checkSeqlogDurable reads a guestbench seqlog run's results from the
+// guest's share (its summary, the host-side ack log, dmesg) and checks
+// that every record the guest acknowledged after fsync is intact in the
+// host backing. It returns the summary, the acknowledged sequence numbers
+// and those missing from the backing (each already reported).
+func checkSeqlogDurable(t *testing.T, res *Result, backing string) (sr seqlogResult, acked, lost []uint64) {
+	t.Helper()
 	b, _ := res.Read("seqlog.json")
 	if err := json.Unmarshal(b, &sr); err != nil {
 		t.Fatalf("guest seqlog result %q: %v", b, err)
@@ -679,9 +694,7 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 	if dm, _ := res.Read("dmesg.txt"); bytes.Contains(bytes.ToLower(dm), []byte("error")) {
 		t.Errorf("guest kernel reported errors:\n%s", dm)
 	}
-	// Every acknowledged record must be in the backing.
 	ab, _ := res.Read("acked")
-	var acked []uint64
 	for _, l := range strings.Split(strings.TrimSpace(string(ab)), "\n") {
 		f := strings.Fields(l)
 		if len(f) != 2 {
@@ -697,7 +710,6 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lost []uint64
 	for _, s := range acked {
 		if !found[s] {
 			lost = append(lost, s)
@@ -707,18 +719,18 @@ dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
 		t.Errorf("%d of %d acknowledged records are not in the host backing (first: %v); torn blocks: %d",
 			len(lost), len(acked), lost[:min(10, len(lost))], torn)
 	}
-	// The stall: the longest write+fsync, which spans the outage.
-	stall := time.Duration(sr.MaxUs) * time.Microsecond
-	outage := restartedAt.Sub(killedAt)
-	t.Logf("daemon restart: %d records acknowledged (%d before the kill, %d by the restart), %d of them in the host backing; guest stalled %s in one write+fsync (record %d; p50 %.0f us), daemon down %s; flushes counted by the new daemon: %v",
-		len(acked), ackAtKill, ackAtRestart, len(acked)-len(lost), stall.Round(time.Millisecond), sr.MaxAtSeq, sr.P50us, outage.Round(time.Millisecond), flushesAfter)
-	if flushesAfter <= 0 {
-		t.Errorf("the restarted daemon counted no flushes (%v): the guest's fsyncs did not reach it", flushesAfter)
+	return sr, acked, lost
+}
+
+// qemuSaid returns the lines QEMU itself printed on the console.
+func qemuSaid(console string) string {
+	var said []string
+	for _, l := range strings.Split(console, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "qemu-system-x86_64: ") {
+			said = append(said, strings.TrimSpace(l))
+		}
 	}
-	if stall < outage/2 {
-		// The guest cannot have flushed while nothing served the queue.
-		t.Errorf("longest guest write+fsync %s is shorter than the daemon's outage %s: a flush completed without a back-end?", stall, outage)
-	}
+	return strings.Join(said, "\n")
 }
 
 // describeBacking says what a backing holds, for a failure message: its
