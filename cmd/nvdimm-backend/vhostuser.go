@@ -152,6 +152,11 @@ type serveOptions struct {
 
 func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 	socket, path := so.socket, so.backing
+	// Signals are caught from the start: a SIGTERM that arrives once the
+	// socket exists, before serving begins, must still stop it cleanly
+	// (detach or release), not kill it with QEMU's connection unkept.
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	// lockB holds the backing's lock and nothing else. The device maps
 	// (and sends QEMU) a second open of the same file: QEMU keeps its
 	// copy of that descriptor while the guest runs, and a lock on it
@@ -246,8 +251,6 @@ func runVhostUserServe(cmd *cobra.Command, so serveOptions) error {
 		svc.Close(context.Background())
 		return err
 	}
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
