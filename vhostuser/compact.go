@@ -156,10 +156,15 @@ func dupFd(c syscall.Conn) (int, error) {
 	}
 	nfd := -1
 	var derr error
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { nfd, derr = dupCloexec(int(fd)) }); err != nil {
 		return -1, err
 	}
 	return nfd, derr
+}
+
+// dupCloexec duplicates fd with close-on-exec set.
+func dupCloexec(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 }
 
 // snapshot returns the records that bring a fresh session, replaying, to
@@ -195,7 +200,7 @@ func (s *session) snapshot() (recs []journalEntry, err error) {
 			var mt MemTable
 			var fds []int
 			for _, r := range t.regions {
-				fd, err := unix.FcntlInt(uintptr(r.fd), unix.F_DUPFD_CLOEXEC, 0)
+				fd, err := dupCloexec(r.fd)
 				if err != nil {
 					closeFds(fds)
 					return fmt.Errorf("memory region gpa %#x: %w", r.GPA, err)
@@ -219,7 +224,7 @@ func (s *session) snapshot() (recs []journalEntry, err error) {
 		}
 	}
 	if s.inflight != nil {
-		fd, err := unix.FcntlInt(uintptr(s.inflightFd), unix.F_DUPFD_CLOEXEC, 0)
+		fd, err := dupCloexec(s.inflightFd)
 		if err != nil {
 			return recs, fmt.Errorf("inflight area: %w", err)
 		}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +26,7 @@ func StartKeeperProcess(command []string, path string) error {
 		return fmt.Errorf("keeper %s: %w", path, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(command[0], append(command[1:], path)...)
+	cmd := exec.Command(command[0], append(slices.Clip(command[1:]), path)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

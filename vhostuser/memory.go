@@ -49,7 +49,7 @@ func mapRegion(m MemRegion, fd int) (*region, error) {
 	if err != nil {
 		return nil, fmt.Errorf("region gpa %#x size %#x: mmap: %w", m.GPA, m.Size, err)
 	}
-	dfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	dfd, err := dupCloexec(fd)
 	if err != nil {
 		unix.Munmap(whole)
 		return nil, fmt.Errorf("region gpa %#x: duplicating its fd: %w", m.GPA, err)

@@ -950,7 +950,7 @@ func (s *session) installInflight(fd int, size, off uint64, nq, qsize uint16) er
 	if err != nil {
 		return fmt.Errorf("mmap: %w", err)
 	}
-	dfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	dfd, err := dupCloexec(fd)
 	if err != nil {
 		unix.Munmap(m)
 		return fmt.Errorf("duplicating the area's fd: %w", err)

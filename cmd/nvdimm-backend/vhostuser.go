@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,9 +22,9 @@ import (
 )
 
 // serveKeeperCommand runs this program's hidden keeper verb (the keeper
-// socket path is appended). A test binary leaves it nil (running the
-// test binary again would run the tests); the CLI tests set it for the
-// serve processes they start.
+// socket path is appended); keeper.go sets it with daemon.KeeperCommand.
+// A test binary leaves it nil (running the test binary again would run
+// the tests); the CLI tests set it for the serve processes they start.
 var serveKeeperCommand []string
 
 func init() {
@@ -37,11 +36,6 @@ func init() {
 		cmd.AddCommand(vhostUserServeCmd())
 		return cmd
 	})
-	if !testing.Testing() {
-		if exe, err := os.Executable(); err == nil {
-			serveKeeperCommand = []string{exe, "vhost-user-keeper"}
-		}
-	}
 }
 
 // vhostUserServeInfo is the --json start-up record of `vhost-user serve`.

@@ -404,15 +404,6 @@ func (r *feRig) hungUp(within time.Duration) bool {
 	return errors.Is(err, io.EOF)
 }
 
-func waitNoKeeper(kpath string, within time.Duration) bool {
-	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if _, ok := vhostuser.KeeperPID(kpath); !ok {
-			return true
-		}
-	}
-	return false
-}
-
 // TestCLIVhostUserServeKeeperRestart: serve (a real process) keeps the
 // front-end's connection in a keeper. It is killed with SIGKILL while a
 // flush is pending; a serve of another backing on the socket is refused
@@ -514,7 +505,7 @@ func TestCLIVhostUserServeKeeperRestart(t *testing.T) {
 	if !r.hungUp(5 * time.Second) {
 		t.Fatal("the front-end still has a back-end after the release")
 	}
-	if !waitNoKeeper(kpath, 5*time.Second) {
+	if !vhostuser.KeeperGone(kpath, 5*time.Second) {
 		t.Fatal("the keeper still runs after the release")
 	}
 	if _, err := os.Stat(kpath + ".json"); !os.IsNotExist(err) {
@@ -546,7 +537,7 @@ func TestCLIVhostUserServeKeeperExitsWithFrontend(t *testing.T) {
 		t.Fatal("no keeper after a front-end connected")
 	}
 	r.f.Conn.Close()
-	if !waitNoKeeper(kpath, 10*time.Second) {
+	if !vhostuser.KeeperGone(kpath, 10*time.Second) {
 		t.Fatal("the keeper still runs after the front-end hung up")
 	}
 	if code := s.stop(syscall.SIGINT); code != 0 {
