@@ -295,39 +295,51 @@ func writeJSON(w http.ResponseWriter, code int, v any) int {
 // writeErr maps an error to a status and an APIError body.
 func writeErr(w http.ResponseWriter, err error) int {
 	e := APIError{Error: err.Error()}
+	var code int
+	code, e.Code = errStatus(err)
 	var qe *QEMUError
 	var ce *ConfinementError
-	code := http.StatusInternalServerError
 	switch {
 	case errors.As(err, &qe):
-		code, e.Code, e.QEMUClass = http.StatusConflict, "qemu_refused", qe.Class
+		e.QEMUClass = qe.Class
 	case errors.As(err, &ce):
 		// The refusal says what was refused and why; the generic
 		// "invalid request" category it is wrapped in adds nothing.
-		code, e.Code = http.StatusForbidden, "confinement"
 		e.Error = strings.TrimPrefix(e.Error, ErrInvalid.Error()+": ")
-	case errors.Is(err, ErrNotFound), errors.Is(err, memfile.ErrImageNotFound):
-		code, e.Code = http.StatusNotFound, "not_found"
-	case errors.Is(err, ErrExists), errors.Is(err, memfile.ErrImageExists):
-		code, e.Code = http.StatusConflict, "exists"
-	case errors.Is(err, ErrBackingLocked), errors.Is(err, memfile.ErrLocked):
-		code, e.Code = http.StatusConflict, "locked"
-	case errors.Is(err, ErrConflict):
-		code, e.Code = http.StatusConflict, "conflict"
-	case errors.Is(err, ErrBadLayout):
-		code, e.Code = http.StatusBadRequest, "bad_layout"
-	case errors.Is(err, ErrInvalid):
-		code, e.Code = http.StatusBadRequest, "invalid"
-	case errors.Is(err, ErrUnusableBacking):
-		code, e.Code = http.StatusUnprocessableEntity, "unusable_backing"
-	case errors.Is(err, ErrNoSpace):
-		code, e.Code = http.StatusInsufficientStorage, "no_space"
-	case errors.Is(err, ErrUnavailable):
-		code, e.Code = http.StatusServiceUnavailable, "unavailable"
-	case errors.Is(err, context.DeadlineExceeded):
-		code, e.Code = http.StatusGatewayTimeout, "timeout"
-	default:
-		e.Code = "internal"
 	}
 	return writeJSON(w, code, e)
+}
+
+// errStatus is the status and APIError code of err's category: 500
+// "internal" for an error in none.
+func errStatus(err error) (int, string) {
+	var qe *QEMUError
+	var ce *ConfinementError
+	switch {
+	case errors.As(err, &qe):
+		return http.StatusConflict, "qemu_refused"
+	case errors.As(err, &ce):
+		return http.StatusForbidden, "confinement"
+	case errors.Is(err, ErrNotFound), errors.Is(err, memfile.ErrImageNotFound):
+		return http.StatusNotFound, "not_found"
+	case errors.Is(err, ErrExists), errors.Is(err, memfile.ErrImageExists):
+		return http.StatusConflict, "exists"
+	case errors.Is(err, ErrBackingLocked), errors.Is(err, memfile.ErrLocked):
+		return http.StatusConflict, "locked"
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict, "conflict"
+	case errors.Is(err, ErrBadLayout):
+		return http.StatusBadRequest, "bad_layout"
+	case errors.Is(err, ErrInvalid):
+		return http.StatusBadRequest, "invalid"
+	case errors.Is(err, ErrUnusableBacking):
+		return http.StatusUnprocessableEntity, "unusable_backing"
+	case errors.Is(err, ErrNoSpace):
+		return http.StatusInsufficientStorage, "no_space"
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable, "unavailable"
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "timeout"
+	}
+	return http.StatusInternalServerError, "internal"
 }

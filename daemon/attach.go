@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nvdimm-backend/nvdimm-backend/memfile"
+	"github.com/nvdimm-backend/nvdimm-backend/qmp"
+	"github.com/nvdimm-backend/nvdimm-backend/vhostuser/pmem"
 )
 
 // AttachRequest is the body of POST /v1/devices/{name}/attach.
@@ -171,28 +173,20 @@ func (d *Daemon) Attach(ctx context.Context, name string, req AttachRequest) (de
 // virtio-pmem or vhost-user attach of a device that cannot be a virtio-pmem
 // device (memfile.CheckVirtioPMEM: read-only, a label area, a size or
 // alignment the guest cannot map), and a vhost-user attach whose region
-// size QEMU cannot expose (memfile.CheckSHMEMRegionSize).
+// QEMU cannot expose (pmem.CheckShmemBacking, the check vhost-user serve
+// and the server itself apply).
 func checkVirtioAttach(dv Device, as string) error {
-	var l memfile.Layout
+	var err error
 	switch as {
 	case KindVirtioPMEM:
 		// virtio-pmem-pci maps the whole memory backend at an
 		// align boundary.
-		l = memfile.Layout{GuestSize: dv.Size, LabelSize: dv.LabelSize, Align: dv.Align, BackingSize: dv.BackingSize}
+		err = memfile.CheckVirtioPMEM(dv.Backing, memfile.Layout{GuestSize: dv.Size, LabelSize: dv.LabelSize, Align: dv.Align, BackingSize: dv.BackingSize}, dv.ReadOnly)
 	case KindVhostUser:
-		// The shared-memory region is the guest part, in a PCI BAR
-		// aligned to its own (power-of-two) size.
-		l = memfile.Layout{GuestSize: dv.Size, LabelSize: dv.LabelSize, Align: dv.Size, BackingSize: dv.Size}
-	default:
-		return nil
+		err = pmem.CheckShmemBacking(dv.Backing, dv.Size, dv.LabelSize, dv.ReadOnly)
 	}
-	if err := memfile.CheckVirtioPMEM(dv.Backing, l, dv.ReadOnly); err != nil {
+	if err != nil {
 		return fmt.Errorf("%w: device %q as %s: %w", ErrInvalid, dv.Name, as, err)
-	}
-	if as == KindVhostUser {
-		if err := memfile.CheckSHMEMRegionSize(dv.Size); err != nil {
-			return fmt.Errorf("%w: device %q as %s: backing %s guest size: %w", ErrInvalid, dv.Name, as, dv.Backing, err)
-		}
 	}
 	return nil
 }
@@ -382,14 +376,7 @@ func (d *Daemon) session(ctx context.Context, path string) (*vmSession, bool, er
 	if err != nil {
 		return nil, false, qmpErr(inQMPSocket(path, err))
 	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		what := "a " + fi.Mode().Type().String()
-		switch {
-		case fi.Mode().IsRegular():
-			what = "a regular file"
-		case fi.IsDir():
-			what = "a directory"
-		}
+	if what := qmp.NotSocket(fi); what != "" {
 		return nil, false, tag(ErrInvalid, fmt.Errorf("QMP socket %s: not a Unix socket (it is %s)", path, what))
 	}
 	conn, err := d.cfg.DialQMP(ctx, path)

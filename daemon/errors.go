@@ -42,27 +42,11 @@ func (e tagged) Unwrap() []error { return []error{e.err, e.cat} }
 // tag puts err in category cat.
 func tag(cat, err error) error { return tagged{err: err, cat: cat} }
 
-// categories are the sentinels writeErr maps to a status other than 500.
-var categories = []error{
-	ErrNotFound, ErrExists, ErrInvalid, ErrConflict, ErrBadLayout, ErrBackingLocked,
-	ErrUnusableBacking, ErrNoSpace, ErrUnavailable,
-	memfile.ErrLocked, memfile.ErrImageNotFound, memfile.ErrImageExists,
-	context.DeadlineExceeded,
-}
-
-// categorized reports whether err already is in a category.
+// categorized reports whether err already is in a category: one the
+// control API answers with a status other than 500 (errStatus).
 func categorized(err error) bool {
-	var qe *QEMUError
-	var ce *ConfinementError
-	if errors.As(err, &qe) || errors.As(err, &ce) {
-		return true
-	}
-	for _, c := range categories {
-		if errors.Is(err, c) {
-			return true
-		}
-	}
-	return false
+	_, code := errStatus(err)
+	return code != "internal"
 }
 
 // errnoIn reports whether err wraps one of the errnos.

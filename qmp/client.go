@@ -170,7 +170,17 @@ func connectErr(path string, err error) error {
 // ("a regular file", "a directory", ...), else "".
 func notSocket(path string) string {
 	fi, err := os.Stat(path)
-	if err != nil || fi.Mode()&os.ModeSocket != 0 {
+	if err != nil {
+		return ""
+	}
+	return NotSocket(fi)
+}
+
+// NotSocket describes what fi is when it is not a socket ("a regular
+// file", "a directory", "a named pipe", ...), else "": the words of Dial's
+// "not a Unix socket (it is ...)".
+func NotSocket(fi os.FileInfo) string {
+	if fi.Mode()&os.ModeSocket != 0 {
 		return ""
 	}
 	switch {
