@@ -49,7 +49,7 @@ func bootGuestWith(t *testing.T, q *QEMU, vm *VM, o BootOptions) *Result {
 	return res
 }
 
-// mustBoot is bootGuest that also requires the guest script to exit 0.
+// mustBoot is bootGuestWith on the host's QEMU that also requires the guest script to exit 0.
 func mustBoot(t *testing.T, vm *VM) *Result {
 	t.Helper()
 	return mustBootWith(t, nil, vm, BootOptions{})

@@ -245,7 +245,7 @@ func runGuests(t *testing.T, name string, paths []string, args func(i int, path 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// bootGuest may call t.Fatalf, which must run on the test
+			// bootGuestWith may call t.Fatalf, which must run on the test
 			// goroutine: use the harness pieces directly here.
 			results[i] = bootForImage(t, vm)
 		}()
@@ -262,7 +262,7 @@ func runGuests(t *testing.T, name string, paths []string, args func(i int, path 
 	return results
 }
 
-// bootForImage is bootGuest without t.Fatal, for use from goroutines.
+// bootForImage is bootGuestWith without t.Fatal, for use from goroutines.
 func bootForImage(t *testing.T, vm *VM) *Result {
 	ctx := context.Background()
 	kit, err := GetKit(ctx, t.Logf)

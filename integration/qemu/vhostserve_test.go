@@ -33,7 +33,6 @@ type serveCmd struct {
 type serveRecord struct {
 	Keeper     string `json:"keeper"`
 	TakeOver   bool   `json:"take_over"`
-	KeeperPID  int    `json:"keeper_pid"`
 	Flushes    uint64 `json:"flushes"`
 	ShmemMaps  uint64 `json:"shmem_maps"`
 	Connection string `json:"connection"`
@@ -174,14 +173,7 @@ func TestVhostUserServeRestart(t *testing.T) {
 			"-qmp", "unix:" + filepath.Join(dir, "qmp-test.sock") + ",server=on,wait=off",
 		},
 	}
-	vm.Script = waitPmemFn + `
-waitpmem
-/usr/local/sbin/mke2fs -q -t ext4 -b 4096 -F /dev/pmem0
-mount -t ext4 -o dax /dev/pmem0 /mnt
-guestbench seqlog -file /mnt/data -ack /host/acked -stop /host/stop > /host/seqlog.json
-umount /mnt
-dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
-`
+	vm.Script = seqlogScript
 	var killedAt, restartedAt time.Time
 	var ackAtKill, ackAtRestart int
 	var afterKill, afterTerm serveRecord

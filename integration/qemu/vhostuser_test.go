@@ -265,6 +265,18 @@ waitpmem() { i=0; while [ ! -b /dev/pmem0 ]; do sleep 0.1; i=$((i+1)); if [ $i -
 vdev() { ls /sys/bus/virtio/drivers/virtio_pmem | grep '^virtio' | head -1; }
 `
 
+// seqlogScript runs guestbench's write+fsync record loop on an ext4 DAX
+// filesystem on /dev/pmem0 until /host/stop appears, for the restart
+// tests (checkSeqlogDurable reads what it leaves in /host).
+const seqlogScript = waitPmemFn + `
+waitpmem
+/usr/local/sbin/mke2fs -q -t ext4 -b 4096 -F /dev/pmem0
+mount -t ext4 -o dax /dev/pmem0 /mnt
+guestbench seqlog -file /mnt/data -ack /host/acked -stop /host/stop > /host/seqlog.json
+umount /mnt
+dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
+`
+
 // vhostScript: phase 1 checks the device (features, size), makes an ext4
 // DAX filesystem, writes pattern 1 with fsync, unbinds and rebinds the
 // driver, reads pattern 1 back and writes pattern 2, then reboots; phase 2
@@ -556,14 +568,7 @@ func TestVhostUserDaemonRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm := vhostVM(dir, "512M")
-	vm.Script = waitPmemFn + `
-waitpmem
-/usr/local/sbin/mke2fs -q -t ext4 -b 4096 -F /dev/pmem0
-mount -t ext4 -o dax /dev/pmem0 /mnt
-guestbench seqlog -file /mnt/data -ack /host/acked -stop /host/stop > /host/seqlog.json
-umount /mnt
-dmesg | grep -iE 'I/O error|EXT4-fs error|virtio_pmem' > /host/dmesg.txt || true
-`
+	vm.Script = seqlogScript
 	var killedAt, restartedAt time.Time
 	var ackAtKill, ackAtRestart int
 	var flushesAfter float64 = -1

@@ -205,16 +205,37 @@ func (a *Area) Cookies() *label.Cookies {
 	return &label.Cookies{V11: v11, V12: v12}
 }
 
-func (a *Area) editor() (*label.Editor, error) {
+// needLabels refuses an Area OpenData opened: it has no label area.
+func (a *Area) needLabels() error {
 	if a.dev == nil {
-		return nil, fmt.Errorf("%s: opened for its data only, not its label area", a.path)
+		return fmt.Errorf("%s: opened for its data only, not its label area", a.path)
+	}
+	return nil
+}
+
+func (a *Area) editor() (*label.Editor, error) {
+	if err := a.needLabels(); err != nil {
+		return nil, err
 	}
 	return label.NewEditor(a.dev, a.size)
 }
 
+// find opens the editor and finds the namespace sel chooses.
+func (a *Area) find(sel Selector) (*label.Editor, *label.Namespace, error) {
+	e, err := a.editor()
+	if err != nil {
+		return nil, nil, err
+	}
+	ns, err := e.Area().FindNamespace(sel.UUID, sel.Name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", a.path, err)
+	}
+	return e, ns, nil
+}
+
 func (a *Area) parse() (*label.Area, error) {
-	if a.dev == nil {
-		return nil, fmt.Errorf("%s: opened for its data only, not its label area", a.path)
+	if err := a.needLabels(); err != nil {
+		return nil, err
 	}
 	la, err := label.Parse(a.dev, a.size)
 	if err != nil {
@@ -301,13 +322,9 @@ type Selector struct {
 // and forgets it in the metadata record if recorded there. It returns
 // the namespace as it was.
 func (a *Area) Destroy(sel Selector) (*label.Namespace, error) {
-	e, err := a.editor()
+	e, ns, err := a.find(sel)
 	if err != nil {
 		return nil, err
-	}
-	ns, err := e.Area().FindNamespace(sel.UUID, sel.Name)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", a.path, err)
 	}
 	if err := e.Destroy(ns.UUID); err != nil {
 		return nil, fmt.Errorf("%s: %w", a.path, err)
@@ -322,13 +339,9 @@ func (a *Area) Destroy(sel Selector) (*label.Namespace, error) {
 // metadata record if it records that namespace. It returns the namespace
 // as it was (its old name).
 func (a *Area) Rename(sel Selector, to string) (*label.Namespace, error) {
-	e, err := a.editor()
+	e, ns, err := a.find(sel)
 	if err != nil {
 		return nil, err
-	}
-	ns, err := e.Area().FindNamespace(sel.UUID, sel.Name)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", a.path, err)
 	}
 	if err := e.Rename(ns.UUID, to); err != nil {
 		return nil, fmt.Errorf("%s: %w", a.path, err)

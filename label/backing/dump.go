@@ -63,8 +63,8 @@ type Dump struct {
 // Dump decodes both index blocks and every slot that is live or holds a
 // non-zero byte (every slot with all).
 func (a *Area) Dump(all bool) (*Dump, error) {
-	if a.dev == nil {
-		return nil, fmt.Errorf("%s: opened for its data only, not its label area", a.path)
+	if err := a.needLabels(); err != nil {
+		return nil, err
 	}
 	raw, err := label.ReadArea(a.dev, a.size)
 	if err != nil {
