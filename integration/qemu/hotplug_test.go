@@ -212,7 +212,7 @@ func TestHotplug(t *testing.T) {
 	}
 	t0, _ := strconv.ParseFloat(f[0], 64)
 	t1, _ := strconv.ParseFloat(f[1], 64)
-	// The target: 2 s, under TCG too (0.75-1.6 s measured on a
+	// The target: 2 s, under TCG too (0.24-0.77 s measured on a
 	// loaded 2-core machine).
 	limit := 2.0
 	if d := t1 - t0; d > limit {

@@ -96,7 +96,7 @@ var (
 
 // GetQEMU11 returns QEMU 11.1 or later from a Debian forky root. The root
 // is built once into the cache directory (debootstrap, then apt-get install
-// qemu-system-x86 inside it; about a minute and 540 MB) under a file lock,
+// qemu-system-x86 inside it; about a minute and 480 MB) under a file lock,
 // into a temporary directory renamed into place when complete, so a failed
 // or concurrent build never leaves a half root behind. NVDIMM_QEMU11_ROOT
 // names a ready root to use instead.
